@@ -1,0 +1,123 @@
+"""A recording: the vectors Prometheus returned, saved as JSON, replayed without Prometheus.
+
+Format (`rollout-analyzer/recording@1`): a list of entries, each one side of one service at one
+time over one window: {service, namespace, selector, window_seconds, time, requests_by_status,
+latency_buckets}. `rollout-analyzer record` writes it; the demo ships one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from analysis.observation import Observation, SideCounts
+from analysis.request import AnalysisSpec
+from analysis.sources import SourceError
+
+FORMAT = "rollout-analyzer/recording@1"
+
+_Key = tuple[str, str | None, str, float]
+
+
+class Recording:
+    def __init__(self, entries: Iterable[dict[str, Any]], description: str = "") -> None:
+        self.description = description
+        self._series: dict[_Key, list[tuple[float, SideCounts]]] = {}
+        for entry in entries:
+            key = (
+                str(entry["service"]),
+                entry.get("namespace"),
+                str(entry["selector"]),
+                float(entry["window_seconds"]),
+            )
+            self._series.setdefault(key, []).append(
+                (float(entry["time"]), SideCounts.from_json(entry))
+            )
+        for points in self._series.values():
+            points.sort(key=lambda p: p[0])
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recording:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot read recording {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise SourceError(f"{path} is not a {FORMAT} file")
+        return cls(data.get("entries", []), str(data.get("description", "")))
+
+    def add(self, spec: AnalysisSpec, observation: Observation) -> None:
+        sides = ((spec.canary, observation.canary), (spec.baseline, observation.baseline))
+        for selector, side in sides:
+            if side.has_data:
+                key = (spec.service, spec.namespace, selector, spec.window_seconds)
+                self._series.setdefault(key, []).append((observation.time, side))
+                self._series[key].sort(key=lambda p: p[0])
+
+    def to_json(self) -> dict[str, Any]:
+        entries = [
+            {
+                "service": service,
+                "namespace": namespace,
+                "selector": selector,
+                "window_seconds": window,
+                "time": ts,
+                **side.to_json(),
+            }
+            for (service, namespace, selector, window), points in sorted(
+                self._series.items(), key=lambda kv: tuple(str(x) for x in kv[0])
+            )
+            for ts, side in points
+        ]
+        return {"format": FORMAT, "description": self.description, "entries": entries}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+
+    def side_at(self, spec: AnalysisSpec, selector: str, end: float) -> SideCounts:
+        """The latest point at or before `end`, if it is younger than the window; else no data."""
+        points = self._series.get((spec.service, spec.namespace, selector, spec.window_seconds), [])
+        i = bisect.bisect_right([t for t, _ in points], end + 1e-6)
+        if i == 0:
+            return SideCounts()
+        ts, side = points[i - 1]
+        return side if end - ts < spec.window_seconds else SideCounts()
+
+    def times(self, spec: AnalysisSpec) -> list[float]:
+        found: set[float] = set()
+        for selector in (spec.canary, spec.baseline):
+            key = (spec.service, spec.namespace, selector, spec.window_seconds)
+            found.update(t for t, _ in self._series.get(key, []))
+        return sorted(found)
+
+    def services(self) -> list[tuple[str, str | None, str, float]]:
+        return sorted(self._series, key=lambda k: tuple(str(x) for x in k))
+
+
+class RecordingSource:
+    name = "recording"
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RecordingSource:
+        return cls(Recording.load(path))
+
+    def latest_time(self, spec: AnalysisSpec, now: float) -> float:
+        times = self.recording.times(spec)
+        return times[-1] if times else now
+
+    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
+        canary = self.recording.side_at(spec, spec.canary, end)
+        baseline = self.recording.side_at(spec, spec.baseline, end)
+        return Observation(end, spec.window_seconds, canary, baseline, (), 0, self.name)
+
+    def observe_range(
+        self, spec: AnalysisSpec, start: float, end: float, step: float
+    ) -> list[Observation]:
+        steps = round((end - start) / step) + 1
+        return [self.observe(spec, start + i * step) for i in range(steps)]

@@ -1,0 +1,121 @@
+"""`rollout-analyzer`: serve the webhook, run a worker, or try it all with `demo`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Canary analysis for Argo Rollouts. Settings come from ROLLOUT_ANALYZER_* variables."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address (default from settings: 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (default 8080).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes.")
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the webhook (ASGI, uvicorn).
+
+    Example: ROLLOUT_ANALYZER_REDIS_URL=redis://127.0.0.1:6379/0 rollout-analyzer serve --port 8080
+    """
+    import uvicorn
+
+    from worker.logs import setup_logging
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    uvicorn.run(
+        "webhooks.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+    )
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=int, default=2, show_default=True)
+@click.option("--pool", default="prefork", show_default=True, help="prefork, threads or solo.")
+@click.option("--hostname", default=None, help="Celery node name (default: ra@<host>).")
+def worker(concurrency: int, pool: str, hostname: str | None) -> None:
+    """Run a Celery worker that computes analyses.
+
+    Example: rollout-analyzer worker --concurrency 4
+    """
+    from worker.celery_app import app
+    from worker.logs import setup_logging
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--queues={settings.queue}"]
+    argv += [f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)
+
+
+@cli.command("worker-ping")
+@click.option("--hostname", default=None, help="The worker node to ping (default: ra@<host>).")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def worker_ping(hostname: str | None, timeout: float) -> None:
+    """Exit 0 when the worker on this host answers a Celery ping (a liveness probe).
+
+    Example: rollout-analyzer worker-ping --timeout 5
+    """
+    import socket
+
+    from worker.celery_app import app
+
+    node = hostname or f"celery@{socket.gethostname()}"
+    replies = app.control.ping(destination=[node], timeout=timeout)
+    if not replies:
+        click.echo(f"worker {node} did not answer within {timeout:g} s", err=True)
+        sys.exit(1)
+    click.echo(f"worker {node} is alive")
+
+
+@cli.command()
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def demo(port: int, host: str) -> None:
+    """Serve on embedded defaults (no Redis, no Prometheus needed) and show verdicts.
+
+    Example: rollout-analyzer demo --port 8080
+    """
+    from cli.demo import run_demo
+
+    run_demo(host, port)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code if exc.exit_code != 1 else 3)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
+

@@ -1,0 +1,285 @@
+"""The HTTP surface: Argo's web metric provider and people call it.
+
+POST|PUT|GET /v1/analyze answers a verdict inside `wait_seconds` or 503 (Argo retries after
+10 s and then finds the same analysis); GET /v1/analyses/{id} shows a stored one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.exceptions
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from analysis.request import (
+    AnalyzeRequest,
+    RequestError,
+    parse_request,
+    request_from_query,
+    resolve,
+)
+from webhooks.limits import BodyLimit
+from webhooks.metrics import WebhookMetrics
+from webhooks.runtime import Runtime, build_runtime
+from webhooks.waiting import CompletionWaiter
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger("rollout_analyzer.webhook")
+ANALYSIS_ID = re.compile(r"^[0-9a-f]{32}$")
+RETRY_AFTER_SECONDS = "5"
+STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
+def error(status: int, field: str, message: str, **extra: Any) -> JSONResponse:
+    body = {"error": f"{field}: {message}", "field": field, "message": message, **extra}
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None) -> Any:
+    settings = settings or get_settings()
+    policies = settings.policies()
+    metrics = WebhookMetrics()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        runtime = build_runtime(settings)
+        waiter = CompletionWaiter(runtime.client, runtime.store)
+        await waiter.start()
+        state.update(runtime=runtime, waiter=waiter)
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            runtime.dispatcher.close()
+            await runtime.client.aclose()
+
+    app = FastAPI(
+        title="rollout-analyzer",
+        version="0.1.0",
+        summary="Canary verdicts for Argo Rollouts' web metric provider.",
+        lifespan=lifespan,
+    )
+
+    def runtime() -> Runtime:
+        rt: Runtime = state["runtime"]
+        return rt
+
+    async def authorized(request: Request) -> None:
+        if settings.api_token is None:
+            return
+        expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise _Unauthorized
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("request",), "msg": "invalid"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        return error(422, ".".join(loc) or "request", str(first.get("msg", "invalid")))
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(_: Request, __: Exception) -> JSONResponse:
+        response = error(401, "authorization", "a valid bearer token is required")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        route = request.scope.get("path", "")
+        try:
+            response: Response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error", extra={"path": route})
+            response = error(500, "server", "internal error")
+        elapsed = time.perf_counter() - started
+        matched = request.scope.get("route")
+        name = getattr(matched, "path", "unmatched")
+        metrics.requests.labels(request.method, name, str(response.status_code)).inc()
+        metrics.request_duration.labels(name).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": route,
+                "status": response.status_code,
+                "duration_seconds": round(elapsed, 6),
+                **getattr(request.state, "log", {}),
+            },
+        )
+        return response
+
+    async def analyze(request: Request, data: Any) -> JSONResponse:
+        arrived = time.monotonic()
+        try:
+            spec = resolve(parse_request(data), policies)
+        except RequestError as exc:
+            return error(422, exc.field, exc.message)
+        rt = runtime()
+        try:
+            claim = await rt.store.claim(
+                spec.identity(),
+                spec.to_json(),
+                pending_seconds=settings.pending_seconds,
+                result_ttl_seconds=settings.result_ttl_seconds,
+                now=time.time(),
+            )
+            if claim.is_new:
+                try:
+                    await asyncio.wait_for(
+                        rt.dispatcher.enqueue(claim.analysis_id), settings.wait_seconds / 2
+                    )
+                except Exception as exc:
+                    await rt.store.abandon(spec.identity(), claim.analysis_id, "enqueue failed")
+                    metrics.store_errors.inc()
+                    log.warning("enqueue failed", extra={"error": str(exc)[:200]})
+                    return error(503, "queue", "the task queue is unreachable; retry later")
+            else:
+                metrics.dedup_hits.inc()
+            remaining = settings.wait_seconds - (time.monotonic() - arrived)
+            record = await state["waiter"].wait(claim.analysis_id, max(0.0, remaining))
+        except STORE_ERRORS as exc:
+            metrics.store_errors.inc()
+            log.warning("store unavailable", extra={"error": str(exc)[:200]})
+            return error(503, "store", "the state store (Redis) is unreachable; retry later")
+        request.state.log = {
+            "analysis_id": claim.analysis_id,
+            "service": spec.service,
+            "rollout": spec.rollout,
+            "dedup": not claim.is_new,
+        }
+        status = (record or {}).get("status")
+        if status == "done":
+            result = record["result"]  # type: ignore[index]
+            verdict = result.get("verdict")
+            request.state.log.update(verdict=verdict)
+            metrics.verdicts.labels(verdict).inc()
+            if claim.is_new:
+                timing = result.get("timing", {})
+                metrics.analyses.labels(verdict).inc()
+                metrics.analysis_duration.observe(timing.get("duration_seconds", 0))
+                metrics.queue_wait.observe(timing.get("queue_wait_seconds", 0))
+            return JSONResponse(result, headers={"X-Analysis-Id": claim.analysis_id})
+        if status == "error":
+            detail = record.get("error") if record else None
+            message = detail.get("error") if isinstance(detail, dict) else str(detail)
+            return error(502, "metrics", str(message), analysis_id=claim.analysis_id)
+        metrics.pending.inc()
+        return error(
+            503,
+            "analysis",
+            f"not finished within {settings.wait_seconds:g} s; the next call gets its result",
+            analysis_id=claim.analysis_id,
+            status=status,
+        )
+
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": AnalyzeRequest.model_json_schema()}},
+        }
+    }
+    answers: dict[int | str, dict[str, Any]] = {
+        200: {"description": "the verdict, numbers, checks and reasons"},
+        401: {"description": "missing or wrong bearer token"},
+        413: {"description": "body larger than the limit"},
+        422: {"description": "a field is invalid; `field` names it"},
+        502: {"description": "the metrics could not be read"},
+        503: {"description": "not finished yet (retry finds the same analysis) or Redis down"},
+    }
+    v1 = [Depends(authorized)]
+
+    @app.post("/v1/analyze", dependencies=v1, openapi_extra=body_doc, responses=answers)
+    @app.put("/v1/analyze", dependencies=v1, openapi_extra=body_doc, responses=answers)
+    async def analyze_body(request: Request) -> JSONResponse:
+        """Analyse a canary against its baseline (JSON body; Argo's POST/PUT with jsonBody)."""
+        raw = await request.body()
+        try:
+            data = json.loads(raw) if raw.strip() else None
+        except (ValueError, RecursionError):
+            return error(400, "body", "is not valid JSON")
+        return await analyze(request, data)
+
+    @app.get("/v1/analyze", dependencies=v1, responses=answers)
+    async def analyze_query(
+        request: Request,
+        service: str,
+        canary: str,
+        baseline: str,
+        namespace: str | None = None,
+        policy: str | None = None,
+        window: str | None = None,
+        end: str | None = None,
+        rollout: str | None = None,
+        revision: str | None = None,
+    ) -> JSONResponse:
+        """The same analysis with query parameters (Argo's default GET); overrides as
+        `overrides.NAME=value`."""
+        try:
+            data = request_from_query(list(request.query_params.multi_items()))
+        except RequestError as exc:
+            return error(422, exc.field, exc.message)
+        return await analyze(request, data)
+
+    @app.get("/v1/analyses/{analysis_id}", dependencies=v1)
+    async def stored(analysis_id: str) -> JSONResponse:
+        """A stored analysis (kept for `result_ttl_seconds`)."""
+        if not ANALYSIS_ID.match(analysis_id):
+            return error(422, "analysis_id", "must be 32 lowercase hex characters")
+        try:
+            record = await runtime().store.record(analysis_id)
+        except STORE_ERRORS:
+            return error(503, "store", "the state store (Redis) is unreachable; retry later")
+        if record is None:
+            return error(404, "analysis_id", "no such analysis (or it expired)")
+        record.pop("claim", None)
+        return JSONResponse(record)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Redis answers and at least one worker sent a heartbeat recently."""
+        rt = runtime()
+        try:
+            await asyncio.wait_for(rt.client.ping(), 1.0)
+            workers = await asyncio.wait_for(rt.store.live_workers(15.0), 1.0)
+        except (TimeoutError, *STORE_ERRORS):
+            return JSONResponse({"status": "unready", "redis": "unreachable"}, status_code=503)
+        ready = workers > 0
+        body = {"status": "ready" if ready else "unready", "redis": "ok", "workers": workers}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        """Our own metrics in Prometheus (or, when asked, OpenMetrics) exposition."""
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            content = generate_openmetrics(metrics.registry)
+            return Response(content, media_type=OPENMETRICS_CONTENT_TYPE)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return BodyLimit(app, settings.max_body_bytes)
+
+
+class _Unauthorized(Exception):
+    pass

@@ -1,0 +1,106 @@
+"""What the webhook runs on: Redis + Celery workers, or (demo) fakeredis + a thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from worker.settings import Settings
+from worker.store import AsyncStore, Store
+
+IN_PROCESS_WORKER = "in-process"
+
+
+class Dispatcher(Protocol):
+    async def enqueue(self, analysis_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CeleryDispatcher:
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_app import ANALYZE_TASK, app
+
+        self._app = app
+        self._task = ANALYZE_TASK
+        self._queue = settings.queue
+
+    async def enqueue(self, analysis_id: str) -> None:
+        # kombu publishes synchronously; keep the event loop free while it does.
+        await asyncio.to_thread(
+            self._app.send_task, self._task, args=[analysis_id], queue=self._queue
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class InProcessDispatcher:
+    """The same job code as a Celery worker, on threads of this process (demo mode)."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        from worker.jobs import execute
+
+        self._execute = execute
+        self._settings = settings
+        self._store = store
+        self._source = settings.source()
+        self._policies = settings.policies()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="analysis")
+        self._stop = threading.Event()
+        threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            self._store.heartbeat(IN_PROCESS_WORKER)
+            self._stop.wait(5)
+
+    async def enqueue(self, analysis_id: str) -> None:
+        s = self._settings
+        self._pool.submit(
+            self._execute,
+            self._store,
+            analysis_id,
+            worker=IN_PROCESS_WORKER,
+            source=self._source,
+            policies=self._policies,
+            lease_seconds=s.lease_seconds,
+            reuse_seconds=s.reuse_seconds,
+            budget_seconds=s.task_soft_time_limit - 1,
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Runtime:
+    client: aioredis.Redis
+    store: AsyncStore
+    dispatcher: Dispatcher
+    mode: str
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    if settings.in_process:
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+        client = fakeredis.FakeAsyncRedis(server=server)
+        sync_store = Store(fakeredis.FakeRedis(server=server), settings.key_prefix)
+        store = AsyncStore(client, settings.key_prefix)
+        return Runtime(client, store, InProcessDispatcher(settings, sync_store), "in-process")
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=0.5,
+        socket_timeout=2,
+        health_check_interval=10,
+    )
+    store = AsyncStore(client, settings.key_prefix)
+    return Runtime(client, store, CeleryDispatcher(settings), "celery")

@@ -1,0 +1,84 @@
+"""Waiting for an analysis to finish: one pub/sub subscription per process, many waiters.
+
+A waiter registers before it checks the record, so a completion between the check and the
+wait is never missed; it also re-reads the record every second, in case a message was lost
+while Redis reconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from worker.store import AsyncStore
+
+log = logging.getLogger("rollout_analyzer.webhook")
+FINAL = ("done", "error")
+
+
+class CompletionWaiter:
+    def __init__(self, client: aioredis.Redis, store: AsyncStore) -> None:
+        self.client = client
+        self.store = store
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="completion-listener")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _listen(self) -> None:
+        prefix = self.store.keys.done_channel("")
+        while True:
+            try:
+                pubsub = self.client.pubsub()
+                await pubsub.psubscribe(self.store.keys.done_pattern)
+                async for message in pubsub.listen():
+                    if message.get("type") != "pmessage":
+                        continue
+                    channel = message["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    self._wake(channel.removeprefix(prefix))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: waiters fall back to polling
+                log.warning("completion listener reconnecting", extra={"error": str(exc)[:200]})
+                await asyncio.sleep(0.5)
+
+    def _wake(self, analysis_id: str) -> None:
+        for future in self._waiters.pop(analysis_id, []):
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self, analysis_id: str, timeout: float) -> dict[str, Any] | None:
+        """The record once final, or the last record seen when time runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        record = None
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(analysis_id, []).append(future)
+            try:
+                record = await self.store.record(analysis_id)
+                if record is None or record.get("status") in FINAL:
+                    return record
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return record
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), min(1.0, remaining))
+            finally:
+                waiting = self._waiters.get(analysis_id)
+                if waiting and future in waiting:
+                    waiting.remove(future)
+                    if not waiting:
+                        del self._waiters[analysis_id]

@@ -1,0 +1,96 @@
+"""The Celery application: Redis broker, late acks, redelivery when a worker dies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from worker.settings import Settings, get_settings
+from worker.store import Store
+
+ANALYZE_TASK = "rollout_analyzer.analyze"
+HEARTBEAT_SECONDS = 5.0
+
+log = logging.getLogger("rollout_analyzer.worker")
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("rollout_analyzer", broker=settings.broker, backend=settings.backend)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        # A task whose worker process dies is put back, not lost.
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        task_ignore_result=True,  # results live in our own store, under the analysis id
+        result_expires=settings.result_ttl_seconds,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        # Publishing must fail fast when Redis is down: the webhook answers 503 within budget.
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+        broker_transport_options={
+            # Redelivery of an unacknowledged task after a worker died. Our lease recovers
+            # faster (see README); this is the fallback, kept above the hard time limit.
+            "visibility_timeout": max(300, int(settings.task_time_limit * 4)),
+            "socket_connect_timeout": 1,
+            "socket_timeout": 3,
+        },
+        broker_pool_limit=10,
+    )
+    app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+    return app
+
+
+@lru_cache(maxsize=1)
+def worker_store() -> Store:
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    return Store(client, settings.key_prefix)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _beat(stop: threading.Event, name: str) -> None:
+    while not stop.is_set():
+        try:
+            worker_store().heartbeat(name)
+        except redis.RedisError:
+            log.warning("heartbeat failed: Redis unreachable")
+        stop.wait(HEARTBEAT_SECONDS)
+
+
+_beat_stop = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    name = f"{getattr(sender, 'hostname', socket.gethostname())}"
+    threading.Thread(target=_beat, args=(_beat_stop, name), daemon=True, name="heartbeat").start()
+
+
+@signals.worker_shutting_down.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _beat_stop.set()
+
+
+app = make_celery(get_settings())

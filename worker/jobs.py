@@ -1,0 +1,104 @@
+"""Running one analysis by id: the body of the Celery task, also used in-process by the demo.
+
+Idempotent: a second delivery of the same id finds it done (or held by a live worker) and
+returns; a delivery after its worker died takes it over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from analysis.policy import PolicySet
+from analysis.report import run_analysis
+from analysis.request import AnalysisSpec, RequestError
+from analysis.sources import MetricsSource, SourceError
+from worker.store import Store
+
+log = logging.getLogger("rollout_analyzer.worker")
+
+
+@contextmanager
+def lease_kept(store: Store, analysis_id: str, worker: str, lease_seconds: float) -> Iterator[None]:
+    """Renew the lease a few times per lease period while the body runs."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                store.renew(analysis_id, worker, lease_seconds)
+            except Exception:  # a blip in Redis must not kill the analysis; the next renew may work
+                log.warning("lease renewal failed", extra={"analysis_id": analysis_id})
+
+    thread = threading.Thread(target=renew, name=f"lease-{analysis_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1)
+
+
+def execute(
+    store: Store,
+    analysis_id: str,
+    *,
+    worker: str,
+    source: MetricsSource,
+    policies: PolicySet,
+    lease_seconds: float,
+    reuse_seconds: float,
+    budget_seconds: float,
+    after: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
+    """Compute and record one analysis; returns what happened (started/done/taken/…)."""
+    state = store.start(analysis_id, worker, lease_seconds)
+    if state != "started":
+        log.info("analysis skipped", extra={"analysis_id": analysis_id, "state": state})
+        return state
+    record = store.record(analysis_id) or {}
+    queued_at = float(record.get("queued_at", time.time()))
+    started = time.time()
+    deadline = time.monotonic() + budget_seconds
+    status, payload = "done", {}
+    with lease_kept(store, analysis_id, worker, lease_seconds):
+        try:
+            spec = AnalysisSpec.from_json(record["spec"], policies)
+            end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
+            payload = run_analysis(spec, source, end=end, deadline=deadline)
+        except (SourceError, RequestError, KeyError, ValueError) as exc:
+            status = "error"
+            payload = {"error": str(exc)[:1000]}
+    finished = time.time()
+    payload["analysis_id"] = analysis_id
+    payload["timing"] = {
+        "queued_at": queued_at,
+        "started_at": started,
+        "finished_at": finished,
+        "queue_wait_seconds": round(started - queued_at, 6),
+        "duration_seconds": round(finished - started, 6),
+    }
+    outcome = store.finish(
+        analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds
+    )
+    log.info(
+        "analysis finished",
+        extra={
+            "analysis_id": analysis_id,
+            "service": payload.get("service"),
+            "rollout": payload.get("rollout"),
+            "verdict": payload.get("verdict"),
+            "status": status,
+            "error": payload.get("error"),
+            "duration_seconds": payload["timing"]["duration_seconds"],
+            "queue_wait_seconds": payload["timing"]["queue_wait_seconds"],
+            "round_trips": (payload.get("source") or {}).get("round_trips"),
+        },
+    )
+    if after is not None and status == "done" and outcome == "ok":
+        after(payload)
+    return status

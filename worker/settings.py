@@ -1,0 +1,94 @@
+"""Settings of every process, from environment variables prefixed ROLLOUT_ANALYZER_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from analysis.policy import PolicySet
+from analysis.sources import MetricsSource
+from analysis.sources.prometheus import PrometheusConfig, PrometheusSource
+from analysis.sources.recording import RecordingSource
+
+ENV_PREFIX = "ROLLOUT_ANALYZER_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # Redis carries the Celery queue and our own state (dedup claims, leases, results).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    result_backend: str | None = None
+    queue: str = "rollout-analyzer"
+    key_prefix: str = "ra:"
+    # Demo mode: no Redis, no worker processes; fakeredis and a thread pool in the server.
+    in_process: bool = False
+
+    prometheus_url: str | None = None
+    prometheus_token: SecretStr | None = None
+    prometheus_username: str | None = None
+    prometheus_password: SecretStr | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_insecure: bool = False
+    prometheus_query_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    # A recording file instead of Prometheus (demo, offline replays).
+    recording: str | None = None
+    policies_file: str | None = None
+
+    api_token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # Argo's web provider gives up after 10 s by default; answer (or 503) before that.
+    wait_seconds: float = Field(8.0, gt=0, le=120)
+    reuse_seconds: float = Field(15.0, ge=0, le=3600)
+    result_ttl_seconds: int = Field(86400, ge=60)
+    # A running analysis whose worker stops renewing this lease is taken over by the next call.
+    lease_seconds: float = Field(6.0, ge=1, le=300)
+    # How long a queued analysis may wait for a worker before a new call starts afresh.
+    pending_seconds: float = Field(120.0, ge=5)
+    task_soft_time_limit: float = Field(30.0, gt=1)
+    task_time_limit: float = Field(45.0, gt=1)
+    max_body_bytes: int = Field(65536, ge=1024)
+    log_level: str = "INFO"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    def policies(self) -> PolicySet:
+        return PolicySet.load(self.policies_file)
+
+    def source(self) -> MetricsSource:
+        if self.recording:
+            return RecordingSource.from_file(self.recording)
+        if not self.prometheus_url:
+            raise RuntimeError(
+                f"set {ENV_PREFIX}PROMETHEUS_URL (or {ENV_PREFIX}RECORDING for a recording file)"
+            )
+        return PrometheusSource(
+            PrometheusConfig(
+                url=self.prometheus_url,
+                token=self.prometheus_token.get_secret_value() if self.prometheus_token else None,
+                username=self.prometheus_username,
+                password=(
+                    self.prometheus_password.get_secret_value()
+                    if self.prometheus_password
+                    else None
+                ),
+                ca_file=self.prometheus_ca_file,
+                insecure=self.prometheus_insecure,
+                query_timeout_seconds=self.prometheus_query_timeout_seconds,
+            )
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
