@@ -142,7 +142,7 @@ def success_rate_regression(
         f"{pval(test.p_value)}"
     )
     if delta_pp > t.error_ratio_tolerance_pp and not significant:
-        reason += f" (not significant at α={t.alpha:g})"
+        reason += f" (not significant at alpha={t.alpha:g})"
     yield _check(
         policy, "success_rate.regression", "success_rate.regression", failed,
         canary=c.success_rate, baseline=b.success_rate, limit=t.error_ratio_tolerance_pp,
@@ -170,7 +170,9 @@ def fast_burn(c: SideStats, b: SideStats, budget: ErrorBudget, policy: Policy) -
     )  # fmt: skip
 
 
-def budget_spend(c: SideStats, b: SideStats, budget: ErrorBudget, policy: Policy) -> Iterator[Check]:
+def budget_spend(
+    c: SideStats, b: SideStats, budget: ErrorBudget, policy: Policy
+) -> Iterator[Check]:
     t = policy.thresholds
     if c.total < t.min_requests or b.total < t.min_requests or math.isnan(budget.budget_delta):
         return
@@ -260,7 +262,8 @@ def latency_distribution(
     failed = mw.p_value < t.alpha and worst > t.latency_ratio_tolerance
     p50 = quantile_label(policy.quantiles[0])
     reason = (
-        f"latency distribution (Mann-Whitney U): canary {'slower' if mw.p_value < t.alpha else 'not slower'} "
+        f"latency distribution (Mann-Whitney U): canary "
+        f"{'slower' if mw.p_value < t.alpha else 'not slower'} "
         f"than baseline, {pval(mw.p_value)}; worst quantile ratio x{_num(worst)} "
         f"(tolerance x{t.latency_ratio_tolerance:g}); {p50} {secs(c.quantiles[p50])} vs "
         f"{secs(b.quantiles[p50])}"

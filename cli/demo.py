@@ -32,7 +32,10 @@ def _settings(host: str, port: int) -> tuple[Settings, bool]:
     overrides: dict[str, object] = {"host": host, "port": port}
     if not uses_redis:
         overrides["in_process"] = True
-    if f"{ENV_PREFIX}PROMETHEUS_URL" not in os.environ and f"{ENV_PREFIX}RECORDING" not in os.environ:
+    if (
+        f"{ENV_PREFIX}PROMETHEUS_URL" not in os.environ
+        and f"{ENV_PREFIX}RECORDING" not in os.environ
+    ):
         overrides["recording"] = str(RECORDING)
     for key, value in overrides.items():
         os.environ[f"{ENV_PREFIX}{key.upper()}"] = str(value)

@@ -35,14 +35,19 @@ def lognormal_cdf(x: float, median: float, sigma: float) -> float:
 
 def side(rng: random.Random, rps: float, error_ratio: float, median: float) -> dict[str, Any]:
     total = max(0, round(rng.gauss(rps * WINDOW, math.sqrt(rps * WINDOW))))
-    errors = min(total, max(0, round(rng.gauss(total * error_ratio, math.sqrt(total * error_ratio)))))
+    errors = min(
+        total, max(0, round(rng.gauss(total * error_ratio, math.sqrt(total * error_ratio))))
+    )
     not_found = round(total * 0.004)
     statuses = {"200": total - errors - not_found, "404": not_found}
     if errors:
         statuses["500"] = errors
     buckets = {repr(le): float(round(total * lognormal_cdf(le, median, 0.6))) for le in BUCKETS}
     buckets["+Inf"] = float(total)
-    return {"requests_by_status": {k: float(v) for k, v in statuses.items()}, "latency_buckets": buckets}
+    return {
+        "requests_by_status": {k: float(v) for k, v in statuses.items()},
+        "latency_buckets": buckets,
+    }
 
 
 def build() -> dict[str, Any]:
@@ -58,7 +63,9 @@ def build() -> dict[str, Any]:
                 entry = {"service": service, "namespace": NAMESPACE, "selector": selector}
                 entry |= {"window_seconds": WINDOW, "time": t, **counts}
                 entries.append(entry)
-    description = "synthetic demo: checkout good, payments 10x errors, search slower, inventory idle"
+    description = (
+        "synthetic demo: checkout good, payments 10x errors, search slower, inventory idle"
+    )
     return {"format": FORMAT, "description": description, "entries": entries}
 
 

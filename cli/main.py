@@ -59,7 +59,12 @@ def worker(concurrency: int, pool: str, hostname: str | None) -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
-    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--queues={settings.queue}"]
+    argv = [
+        "worker",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--queues={settings.queue}",
+    ]
     argv += [f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
@@ -118,4 +123,3 @@ def main() -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(3)
-

@@ -187,7 +187,7 @@ def create_app(settings: Settings | None = None) -> Any:
             "analysis",
             f"not finished within {settings.wait_seconds:g} s; the next call gets its result",
             analysis_id=claim.analysis_id,
-            status=status,
+            state=status,
         )
 
     body_doc = {

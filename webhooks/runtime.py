@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from worker.settings import Settings
 from worker.store import AsyncStore, Store
@@ -101,6 +103,9 @@ def build_runtime(settings: Settings) -> Runtime:
         socket_connect_timeout=0.5,
         socket_timeout=2,
         health_check_interval=10,
+        # redis-py retries a refused connection for seconds by default; a down Redis must turn
+        # into a quick 503 (Argo retries in 10 s anyway).
+        retry=Retry(NoBackoff(), 1),
     )
     store = AsyncStore(client, settings.key_prefix)
     return Runtime(client, store, CeleryDispatcher(settings), "celery")

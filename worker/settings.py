@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(65536, ge=1024)
     log_level: str = "INFO"
 
+    # Acting on verdicts: Kubernetes access for Istio traffic, and chat targets.
+    kube_in_cluster: bool = False
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    chat_targets_file: str | None = None
+    prometheus_graph_url: str | None = None  # public Prometheus URL for links in messages
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url

@@ -1,0 +1,87 @@
+"""A running rollout-analyzer (webhook + Celery workers) on the session's Redis and Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.procs import wait_for
+from tests.support.service import Webhook, Worker, service_env
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Stack:
+    webhook: Webhook
+    workers: list[Worker]
+    env: dict[str, str]
+    work_dir: Path
+    extra_workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.webhook.url
+
+    def client(self, timeout: float = 15.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=AUTH, timeout=timeout)
+
+    def add_worker(self, name: str) -> Worker:
+        worker = Worker(self.env, self.work_dir, name=name).start()
+        self.extra_workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for proc in [self.webhook, *self.workers, *self.extra_workers]:
+            proc.stop()
+
+
+def start_stack(
+    redis_url: str,
+    work_dir: Path,
+    name: str,
+    *,
+    prometheus_url: str | None = None,
+    recording: str | None = None,
+    workers: int = 2,
+    settings: dict[str, str] | None = None,
+) -> Stack:
+    env = service_env(
+        redis_url,
+        prometheus_url=prometheus_url,
+        recording=recording,
+        key_prefix=f"ra:{name}:",
+        queue=f"ra-{name}",
+        extra={"ROLLOUT_ANALYZER_API_TOKEN": TOKEN, **(settings or {})},
+    )
+    started = [Worker(env, work_dir, name=f"w{i}").start() for i in range(workers)]
+    webhook = Webhook(env, work_dir).start()
+    stack = Stack(webhook, started, env, work_dir)
+    if workers:
+        wait_for(
+            lambda: httpx.get(f"{webhook.url}/readyz", timeout=2).status_code == 200,
+            20,
+            "readyz to report a live worker",
+        )
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack_factory(
+    redis_server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(name: str, **kwargs) -> Stack:
+        stack = start_stack(redis_server.url, tmp_path_factory.mktemp(name), name, **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()

@@ -1,0 +1,375 @@
+"""The core path on real parts: HTTP → webhook → Redis → Celery worker → Prometheus → verdict."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import time
+
+import httpx
+import pytest
+
+from tests.integration.conftest import AUTH
+from tests.support.procs import wait_for
+from tests.support.proxy import FaultyProxy
+
+POLICIES = """
+policies:
+  istio:
+    preset: istio
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory, prometheus, tmp_path_factory):
+    policies = tmp_path_factory.mktemp("policies") / "policies.yaml"
+    policies.write_text(POLICIES)
+    return stack_factory(
+        "core",
+        prometheus_url=prometheus.url,
+        settings={
+            "ROLLOUT_ANALYZER_POLICIES_FILE": str(policies),
+            "ROLLOUT_ANALYZER_REUSE_SECONDS": "2",
+        },
+    )
+
+
+def body_for(prometheus, name: str, **extra) -> dict:
+    scenario = prometheus.scenarios[name]
+    canary = scenario.canary.selector if scenario.canary else "6d4f8b7c9a"
+    baseline = scenario.baseline.selector if scenario.baseline else "5c8d7e6f4b"
+    body = {
+        "service": scenario.service,
+        "namespace": scenario.namespace,
+        "canary": canary,
+        "baseline": baseline,
+        "rollout": scenario.service,
+    }
+    if scenario.preset == "istio":
+        body["policy"] = "istio"
+    return body | extra
+
+
+def pinned_end(offset: float = 120) -> str:
+    """An `end` inside the backfilled data, unique per call so no reuse window applies."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - offset)) + (
+        f".{time.time_ns() % 1_000_000_000 // 1_000_000:03d}Z"
+    )
+
+
+SCENARIO_NAMES = [
+    "good", "errors", "latency", "tail", "low-traffic", "no-canary", "no-baseline", "degrades",
+    "istio-good", "istio-errors",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_every_scenario_gets_its_verdict(stack, prometheus, name):
+    with stack.client() as client:
+        answer = client.post("/v1/analyze", json=body_for(prometheus, name))
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["verdict"] == prometheus.scenarios[name].expected_verdict, result["reasons"]
+    assert result["reasons"] and all(isinstance(r, str) for r in result["reasons"])
+    assert "NaN" not in answer.text and "Infinity" not in answer.text
+    assert result["source"]["round_trips"] == 1
+
+
+def test_the_answer_has_every_documented_field(stack, prometheus):
+    with stack.client() as client:
+        result = client.post("/v1/analyze", json=body_for(prometheus, "errors")).json()
+    assert set(result) >= {
+        "verdict", "score", "analysis_id", "reasons", "window", "requests", "metrics", "checks",
+    }  # fmt: skip
+    assert set(result["window"]) >= {"start", "end"}
+    assert set(result["requests"]) == {"canary", "baseline"}
+    assert set(result["metrics"]["latency_seconds"]) == {"p50", "p90", "p95", "p99"}
+    assert set(result["metrics"]["error_budget"]) == {
+        "slo", "burn_canary", "burn_baseline", "burn_delta", "excess_errors", "budget_delta",
+    }  # fmt: skip
+    regression = next(c for c in result["checks"] if c["name"] == "success_rate.regression")
+    assert regression["verdict"] == "fail" and regression["p_value"] < 1e-6
+    assert {"canary", "baseline", "limit", "p_value"} <= set(regression)
+    assert 4000 < result["requests"]["canary"] < 6000
+
+
+def test_missing_values_are_null_not_nan(stack, prometheus):
+    with stack.client() as client:
+        result = client.post("/v1/analyze", json=body_for(prometheus, "no-canary")).json()
+    assert result["verdict"] == "inconclusive"
+    assert result["metrics"]["success_rate"]["canary"] is None
+    assert result["metrics"]["latency_seconds"]["p99"]["canary"] is None
+
+
+@pytest.mark.parametrize("name", ["good", "latency", "tail", "istio-good"])
+def test_quantiles_equal_prometheus_histogram_quantile(stack, prometheus, name):
+    scenario = prometheus.scenarios[name]
+    end = time.time() - 90
+    body = body_for(prometheus, name, end=str(end))
+    with stack.client() as client:
+        result = client.post("/v1/analyze", json=body).json()
+    metric = "istio_request_duration_milliseconds_bucket" if scenario.preset == "istio" else None
+    metric = metric or "http_request_duration_seconds_bucket"
+    labels = (
+        f'destination_workload="{scenario.service}",destination_workload_namespace="shop",'
+        'reporter="destination"'
+        if scenario.preset == "istio"
+        else f'service="{scenario.service}",namespace="shop"'
+    )
+    scale = 0.001 if scenario.preset == "istio" else 1.0
+    for side in ("canary", "baseline"):
+        selector = getattr(scenario, side).selector
+        for label, q in (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)):
+            expr = (
+                f"histogram_quantile({q}, sum by (le) (increase({metric}"
+                f'{{{labels},rollouts_pod_template_hash="{selector}"}}[5m])))'
+            )
+            answer = httpx.get(
+                f"{prometheus.url}/api/v1/query", params={"query": expr, "time": end}
+            ).json()
+            theirs = float(answer["data"]["result"][0]["value"][1]) * scale
+            ours = result["metrics"]["latency_seconds"][label][side]
+            assert math.isclose(ours, theirs, rel_tol=1e-9), (side, label, ours, theirs)
+
+
+def test_one_promql_round_trip_per_analysis(stack, prometheus):
+    before = prometheus.http_requests_total("/api/v1/query")
+    with stack.client() as client:
+        for i in range(3):
+            assert (
+                client.post(
+                    "/v1/analyze", json=body_for(prometheus, "good", end=pinned_end(100 + i))
+                ).status_code
+                == 200
+            )
+    assert prometheus.http_requests_total("/api/v1/query") - before == 3
+
+
+def test_fifty_concurrent_identical_calls_share_one_computation(stack, prometheus):
+    body = body_for(prometheus, "errors", end=pinned_end())
+    before = prometheus.http_requests_total("/api/v1/query")
+    with stack.client() as client, concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: client.post("/v1/analyze", json=body), range(50)))
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["analysis_id"] for a in answers}) == 1
+    assert prometheus.http_requests_total("/api/v1/query") - before == 1
+
+
+def test_a_repeat_within_the_reuse_window_is_the_same_analysis_then_a_fresh_one(stack, prometheus):
+    body = body_for(prometheus, "good")  # the latest window: what Argo polls
+    with stack.client() as client:
+        first = client.get("/v1/analyze", params=body).json()["analysis_id"]
+        assert client.get("/v1/analyze", params=body).json()["analysis_id"] == first
+        time.sleep(2.5)  # the stack's reuse window is 2 s
+        later = client.get("/v1/analyze", params=body).json()
+    assert later["analysis_id"] != first
+    assert later["verdict"] == "pass"
+
+
+def test_stored_result_is_readable_by_id(stack, prometheus):
+    with stack.client() as client:
+        result = client.post("/v1/analyze", json=body_for(prometheus, "latency")).json()
+        stored = client.get(f"/v1/analyses/{result['analysis_id']}")
+        assert stored.status_code == 200
+        assert stored.json()["result"]["verdict"] == result["verdict"]
+        assert client.get("/v1/analyses/" + "0" * 32).status_code == 404
+        assert client.get("/v1/analyses/..%2F..%2Fetc").status_code in (404, 422)
+        assert client.get("/v1/analyses/ABC").json()["field"] == "analysis_id"
+
+
+HOSTILE = [
+    '"} or vector(1)',
+    'x"}[5m]) or up{a="',
+    "a\nb",
+    "{}",
+    "x" * 10_000,
+    "ch\u0435ckout",
+]  # Cyrillic e
+
+
+@pytest.mark.parametrize(
+    "field", ["service", "namespace", "canary", "baseline", "rollout", "revision"]
+)
+def test_hostile_values_are_rejected_before_any_query(stack, prometheus, field):
+    body = body_for(prometheus, "good")
+    before = len(prometheus.queries())
+    with stack.client() as client:
+        for value in HOSTILE:
+            answer = client.post("/v1/analyze", json=body | {field: value})
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["field"] == field
+            query = client.get("/v1/analyze", params=body | {field: value})
+            assert query.status_code == 422 and query.json()["field"] == field
+    time.sleep(0.5)
+    assert len(prometheus.queries()) == before
+    assert "vector(1)" not in json.dumps(prometheus.queries())
+
+
+@pytest.mark.parametrize(
+    ("patch", "status", "field"),
+    [
+        ({"policy": "nope"}, 422, "policy"),
+        ({"window": "5 min"}, 422, "window"),
+        ({"window": "30d"}, 422, "window"),
+        ({"end": "2999-01-01T00:00:00Z"}, 422, "end"),
+        ({"overrides": {"nope": 1}}, 422, "overrides.nope"),
+        ({"overrides": {"slo": "high"}}, 422, "overrides.slo"),
+        ({"service": None}, 422, "service"),
+        ({"unknown": 1}, 422, "unknown"),
+    ],
+)
+def test_bad_input_names_the_field(stack, prometheus, patch, status, field):
+    body = {k: v for k, v in (body_for(prometheus, "good") | patch).items() if v is not None}
+    with stack.client() as client:
+        answer = client.post("/v1/analyze", json=body)
+    assert answer.status_code == status
+    assert answer.json()["field"] == field
+    assert "Traceback" not in answer.text
+
+
+def test_malformed_and_oversized_bodies(stack):
+    with stack.client() as client:
+        assert client.post("/v1/analyze", content=b"{not json").status_code == 400
+        assert client.post("/v1/analyze", content=b"[1, 2]").json()["field"] == "body"
+        deep = b"[" * 100_000 + b"]" * 100_000
+        assert client.post("/v1/analyze", content=deep).status_code == 413
+        nested = b'{"a":' * 5000 + b"1" + b"}" * 5000
+        assert client.post("/v1/analyze", content=nested).status_code in (400, 422)
+        big = {"service": "x" * 70_000}
+        assert client.post("/v1/analyze", json=big).status_code == 413
+
+        def chunks():
+            for _ in range(100):
+                yield b" " * 1024
+
+        assert client.post("/v1/analyze", content=chunks()).status_code == 413
+
+
+def test_every_v1_route_needs_the_token(stack, prometheus):
+    body = body_for(prometheus, "good")
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": AUTH["Authorization"][:-1]},
+    ):
+        with httpx.Client(base_url=stack.url, headers=headers, timeout=10) as client:
+            assert client.post("/v1/analyze", json=body).status_code == 401
+            assert client.get("/v1/analyze", params=body).status_code == 401
+            assert client.get("/v1/analyses/" + "0" * 32).status_code == 401
+    assert httpx.get(f"{stack.url}/healthz").status_code == 200
+
+
+def test_metrics_logs_and_openapi(stack, prometheus):
+    with stack.client() as client:
+        client.post("/v1/analyze", json=body_for(prometheus, "errors"))
+    text = httpx.get(f"{stack.url}/metrics").text
+    for name in (
+        "rollout_analyzer_http_requests_total",
+        "rollout_analyzer_verdicts_served_total",
+        "rollout_analyzer_dedup_hits_total",
+        "rollout_analyzer_analysis_duration_seconds_bucket",
+        "rollout_analyzer_queue_wait_seconds_bucket",
+    ):
+        assert name in text
+    openapi = httpx.get(f"{stack.url}/openapi.json").json()
+    assert {"/v1/analyze", "/v1/analyses/{analysis_id}", "/readyz"} <= set(openapi["paths"])
+    lines = [json.loads(line) for line in stack.webhook.logs().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("message") == "request" and line.get("verdict")]
+    assert requests and {"analysis_id", "service", "status", "duration_seconds"} <= set(
+        requests[-1]
+    )
+    worker_lines = [
+        json.loads(line)
+        for w in stack.workers
+        for line in w.logs().splitlines()
+        if line.startswith("{") and "analysis finished" in line
+    ]
+    assert worker_lines and {"analysis_id", "verdict", "queue_wait_seconds"} <= set(
+        worker_lines[-1]
+    )
+    everything = stack.webhook.logs() + "".join(w.logs() for w in stack.workers)
+    assert AUTH["Authorization"].split()[1] not in everything
+
+
+def test_slow_prometheus_gives_503_in_budget_and_the_retry_gets_that_result(
+    stack_factory, prometheus
+):
+    with FaultyProxy(prometheus.url) as proxy:
+        proxy.faults.delay_seconds = 3.0
+        slow = stack_factory(
+            "slow",
+            prometheus_url=proxy.url,
+            workers=1,
+            settings={"ROLLOUT_ANALYZER_WAIT_SECONDS": "1.5"},
+        )
+        body = body_for(prometheus, "errors")
+        with slow.client() as client:
+            began = time.monotonic()
+            first = client.post("/v1/analyze", json=body)
+            waited = time.monotonic() - began
+            assert first.status_code == 503
+            assert first.headers["Retry-After"]
+            assert waited < 3.0
+            pending_id = first.json()["analysis_id"]
+            time.sleep(2.5)
+            retry = client.post("/v1/analyze", json=body)
+        assert retry.status_code == 200
+        assert retry.json()["analysis_id"] == pending_id
+        assert retry.json()["verdict"] == "fail"
+        assert len([p for p in proxy.requests if p.startswith("/api/v1/query")]) == 1
+
+
+def test_prometheus_errors_are_an_error_never_a_pass(stack_factory, prometheus):
+    with FaultyProxy(prometheus.url) as proxy:
+        proxy.faults.status = 503
+        broken = stack_factory("broken", prometheus_url=proxy.url, workers=1)
+        with broken.client() as client:
+            answer = client.post("/v1/analyze", json=body_for(prometheus, "good"))
+    assert answer.status_code == 502
+    assert "query" in answer.json()["message"]
+
+
+def test_redis_down_answers_503_fast(tmp_path):
+    from tests.support.procs import free_port
+    from tests.support.service import Webhook, service_env
+
+    env = service_env(f"redis://127.0.0.1:{free_port()}/0", prometheus_url="http://127.0.0.1:1")
+    webhook = Webhook(env, tmp_path).start()
+    try:
+        body = {"service": "a", "canary": "b", "baseline": "c"}
+        began = time.monotonic()
+        answer = httpx.post(f"{webhook.url}/v1/analyze", json=body, timeout=10)
+        assert answer.status_code == 503
+        assert time.monotonic() - began < 2.0
+        assert httpx.get(f"{webhook.url}/readyz", timeout=5).status_code == 503
+    finally:
+        webhook.stop()
+
+
+def test_a_killed_worker_is_replaced_by_the_next_call(stack_factory, prometheus):
+    """SIGKILL the worker mid-analysis: once its lease lapses, Argo's retry starts afresh."""
+    with FaultyProxy(prometheus.url) as proxy:
+        proxy.faults.delay_seconds = 4.0
+        crash = stack_factory(
+            "crash",
+            prometheus_url=proxy.url,
+            workers=1,
+            settings={"ROLLOUT_ANALYZER_WAIT_SECONDS": "1", "ROLLOUT_ANALYZER_LEASE_SECONDS": "2"},
+        )
+        body = body_for(prometheus, "errors")
+        with crash.client() as client:
+            first = client.post("/v1/analyze", json=body)
+            assert first.status_code == 503
+            crash.workers[0].kill()
+            crash.add_worker("replacement")
+            proxy.faults.delay_seconds = 0
+            wait_for(lambda: True, 0.1, "nothing")
+            deadline = time.monotonic() + 30
+            answer = first
+            while answer.status_code != 200 and time.monotonic() < deadline:
+                time.sleep(1)
+                answer = client.post("/v1/analyze", json=body)
+        assert answer.status_code == 200
+        assert answer.json()["verdict"] == "fail"
+        assert answer.json()["analysis_id"] != first.json()["analysis_id"]
