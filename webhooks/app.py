@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.exceptions
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +24,7 @@ from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
 )
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.request import (
     AnalyzeRequest,
@@ -37,6 +38,7 @@ from webhooks.metrics import WebhookMetrics
 from webhooks.runtime import Runtime, build_runtime
 from webhooks.waiting import CompletionWaiter
 from worker.settings import Settings, get_settings
+from worker.task_names import ANALYZE_TASK, ARGO_EVENT_TASK
 
 log = logging.getLogger("rollout_analyzer.webhook")
 ANALYSIS_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -144,7 +146,8 @@ def create_app(settings: Settings | None = None) -> Any:
             if claim.is_new:
                 try:
                     await asyncio.wait_for(
-                        rt.dispatcher.enqueue(claim.analysis_id), settings.wait_seconds / 2
+                        rt.dispatcher.enqueue(ANALYZE_TASK, [claim.analysis_id]),
+                        settings.wait_seconds / 2,
                     )
                 except Exception as exc:
                     await rt.store.abandon(spec.identity(), claim.analysis_id, "enqueue failed")
@@ -250,7 +253,49 @@ def create_app(settings: Settings | None = None) -> Any:
         if record is None:
             return error(404, "analysis_id", "no such analysis (or it expired)")
         record.pop("claim", None)
+        try:
+            actions = await runtime().client.lrange(
+                f"{settings.key_prefix}actions:{analysis_id}", 0, -1
+            )
+        except STORE_ERRORS:
+            actions = []
+        record["actions"] = [json.loads(a) for a in actions]
         return JSONResponse(record)
+
+    @app.post(
+        "/v1/events/argo-rollouts",
+        dependencies=v1,
+        status_code=202,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ArgoEvent.model_json_schema()}},
+            }
+        },
+        responses={202: {"description": "accepted"}, 401: {}, 413: {}, 422: {}, 503: {}},
+    )
+    async def argo_event(request: Request) -> JSONResponse:
+        """A notification from Argo Rollouts' webhook service (step, abort, completion)."""
+        try:
+            data = json.loads(await request.body())
+            event = ArgoEvent.model_validate(data)
+        except (ValueError, RecursionError) as exc:
+            field, message = _first_problem(exc)
+            return error(400 if field == "body" else 422, field, message)
+        try:
+            await runtime().dispatcher.enqueue(ARGO_EVENT_TASK, [event.model_dump()])
+        except Exception:
+            return error(503, "queue", "the task queue is unreachable; retry later")
+        return JSONResponse({"accepted": True, "event": event.event}, status_code=202)
+
+    @app.get("/v1/dead-letters", dependencies=v1)
+    async def dead_letters(limit: int = Query(50, ge=1, le=1000)) -> JSONResponse:
+        """Chat deliveries that failed after their retries, newest first."""
+        try:
+            raw = await runtime().client.lrange(f"{settings.key_prefix}dead-letters", 0, limit - 1)
+        except STORE_ERRORS:
+            return error(503, "store", "the state store (Redis) is unreachable; retry later")
+        return JSONResponse({"dead_letters": [json.loads(item) for item in raw]})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -283,3 +328,27 @@ def create_app(settings: Settings | None = None) -> Any:
 
 class _Unauthorized(Exception):
     pass
+
+
+_NAME = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
+
+
+class ArgoEvent(BaseModel):
+    """The body our Argo Rollouts notification templates send (deploy/argo)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="e.g. rollout-aborted")
+    rollout: str = Field(pattern=_NAME)
+    namespace: str = Field(pattern=_NAME)
+    revision: str | None = Field(None, pattern=r"^[0-9]{0,20}$")
+    phase: str | None = Field(None, pattern=r"^[A-Za-z]{0,40}$")
+    message: str | None = Field(None, max_length=2000)
+
+
+def _first_problem(exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        return field, "is required" if first["type"] == "missing" else str(first["msg"])
+    return "body", "is not a valid JSON object"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -14,29 +15,27 @@ from redis.backoff import NoBackoff
 
 from worker.settings import Settings
 from worker.store import AsyncStore, Store
+from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
 
 IN_PROCESS_WORKER = "in-process"
 
 
 class Dispatcher(Protocol):
-    async def enqueue(self, analysis_id: str) -> None: ...
+    async def enqueue(self, task: str, args: list[Any]) -> None: ...
 
     def close(self) -> None: ...
 
 
 class CeleryDispatcher:
     def __init__(self, settings: Settings) -> None:
-        from worker.celery_app import ANALYZE_TASK, app
+        from worker.celery_app import app
 
         self._app = app
-        self._task = ANALYZE_TASK
         self._queue = settings.queue
 
-    async def enqueue(self, analysis_id: str) -> None:
+    async def enqueue(self, task: str, args: list[Any]) -> None:
         # kombu publishes synchronously; keep the event loop free while it does.
-        await asyncio.to_thread(
-            self._app.send_task, self._task, args=[analysis_id], queue=self._queue
-        )
+        await asyncio.to_thread(self._app.send_task, task, args=args, queue=self._queue)
 
     def close(self) -> None:
         pass
@@ -46,15 +45,34 @@ class InProcessDispatcher:
     """The same job code as a Celery worker, on threads of this process (demo mode)."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
+        from worker.followup import build_followup
         from worker.jobs import execute
 
-        self._execute = execute
-        self._settings = settings
         self._store = store
-        self._source = settings.source()
-        self._policies = settings.policies()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="analysis")
         self._stop = threading.Event()
+        followup = build_followup(settings, store.redis, self.submit)
+        source, policies = settings.source(), settings.policies()
+
+        def analyze(analysis_id: str) -> str:
+            return execute(
+                store,
+                analysis_id,
+                worker=IN_PROCESS_WORKER,
+                source=source,
+                policies=policies,
+                lease_seconds=settings.lease_seconds,
+                reuse_seconds=settings.reuse_seconds,
+                budget_seconds=settings.task_soft_time_limit - 1,
+                after=followup.on_verdict,
+            )
+
+        self._tasks: dict[str, Callable[..., Any]] = {
+            ANALYZE_TASK: analyze,
+            ACT_TASK: followup.act,
+            NOTIFY_TASK: followup.notify,
+            ARGO_EVENT_TASK: followup.on_argo_event,
+        }
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
 
     def _beat(self) -> None:
@@ -62,19 +80,11 @@ class InProcessDispatcher:
             self._store.heartbeat(IN_PROCESS_WORKER)
             self._stop.wait(5)
 
-    async def enqueue(self, analysis_id: str) -> None:
-        s = self._settings
-        self._pool.submit(
-            self._execute,
-            self._store,
-            analysis_id,
-            worker=IN_PROCESS_WORKER,
-            source=self._source,
-            policies=self._policies,
-            lease_seconds=s.lease_seconds,
-            reuse_seconds=s.reuse_seconds,
-            budget_seconds=s.task_soft_time_limit - 1,
-        )
+    def submit(self, task: str, args: list[Any]) -> None:
+        self._pool.submit(self._tasks[task], *args)
+
+    async def enqueue(self, task: str, args: list[Any]) -> None:
+        self.submit(task, args)
 
     def close(self) -> None:
         self._stop.set()

@@ -14,8 +14,10 @@ from celery import Celery, signals
 
 from worker.settings import Settings, get_settings
 from worker.store import Store
+from worker.task_names import ANALYZE_TASK
 
-ANALYZE_TASK = "rollout_analyzer.analyze"
+__all__ = ["ANALYZE_TASK", "app", "make_celery", "worker_name", "worker_store"]
+
 HEARTBEAT_SECONDS = 5.0
 
 log = logging.getLogger("rollout_analyzer.worker")

@@ -59,6 +59,12 @@ def execute(
     state = store.start(analysis_id, worker, lease_seconds)
     if state != "started":
         log.info("analysis skipped", extra={"analysis_id": analysis_id, "state": state})
+        if state == "done" and after is not None:
+            # A redelivery after the follow-up may have been cut short: offer it again;
+            # the follow-up is idempotent per event and step.
+            done = store.record(analysis_id) or {}
+            if isinstance(done.get("result"), dict) and "verdict" in done["result"]:
+                after(done["result"])
         return state
     record = store.record(analysis_id) or {}
     queued_at = float(record.get("queued_at", time.time()))
@@ -100,5 +106,8 @@ def execute(
         },
     )
     if after is not None and status == "done" and outcome == "ok":
-        after(payload)
+        try:
+            after(payload)
+        except Exception:  # the verdict stands; a redelivery or the next poll retries the event
+            log.exception("follow-up failed", extra={"analysis_id": analysis_id})
     return status

@@ -1,16 +1,22 @@
-"""Celery tasks. The task carries only the analysis id; the spec waits in Redis."""
+"""Celery tasks. Each carries only ids; the state waits in Redis.
+
+analyze(analysis_id) → on a new verdict event: act(event_id) → notify(event_id, target) each.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 
 from analysis.policy import PolicySet
 from analysis.sources import MetricsSource
-from worker.celery_app import ANALYZE_TASK, worker_name, worker_store
+from worker.celery_app import worker_name, worker_store
+from worker.followup import Followup, build_followup
 from worker.jobs import execute
 from worker.settings import get_settings
+from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
 
 
 @lru_cache(maxsize=1)
@@ -21,6 +27,16 @@ def _source() -> MetricsSource:
 @lru_cache(maxsize=1)
 def _policies() -> PolicySet:
     return get_settings().policies()
+
+
+@lru_cache(maxsize=1)
+def followup() -> Followup:
+    settings = get_settings()
+
+    def enqueue(task: str, args: list[Any]) -> None:
+        current_app.send_task(task, args=args, queue=settings.queue)
+
+    return build_followup(settings, worker_store().redis, enqueue)
 
 
 @shared_task(name=ANALYZE_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -35,4 +51,27 @@ def analyze(analysis_id: str) -> str:
         lease_seconds=settings.lease_seconds,
         reuse_seconds=settings.reuse_seconds,
         budget_seconds=settings.task_soft_time_limit - 1,
+        after=followup().on_verdict,
     )
+
+
+@shared_task(name=ACT_TASK, acks_late=True, reject_on_worker_lost=True)
+def act(event_id: str) -> int:
+    return len(followup().act(event_id))
+
+
+# Deliveries retry with backoff (Retry-After included): give them more time than an analysis.
+@shared_task(
+    name=NOTIFY_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=100,
+    time_limit=120,
+)
+def notify(event_id: str, target: str) -> str:
+    return followup().notify(event_id, target)
+
+
+@shared_task(name=ARGO_EVENT_TASK, acks_late=True, reject_on_worker_lost=True)
+def argo_event(body: dict[str, Any]) -> str | None:
+    return followup().on_argo_event(body)

@@ -1,0 +1,429 @@
+"""What follows a verdict: one event per verdict transition, then traffic, then chat.
+
+Exactly once per event:
+- an *event* is a change of verdict of one rollout revision (or the first verdict), decided
+  atomically in Redis; identical polls, redelivered tasks and racing workers find no new event;
+- each step of an event (the traffic action, the message to each target) holds a short lease
+  while it runs and a `done` mark after; a redelivered task skips what is done and redoes
+  what a dead worker left half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import redis
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from analysis.durations import format_time
+from analysis.policy import PolicySet
+from worker.notify.dead_letter import DeadLetters, RateLimiter
+from worker.notify.delivery import deliver, severity_allows
+from worker.notify.message import Notification
+from worker.notify.providers import ChatTarget
+from worker.task_names import ACT_TASK, NOTIFY_TASK
+from worker.traffic.istio import Destination, TrafficTarget, api_client_from_settings
+from worker.traffic.istio import rollback as istio_rollback
+from worker.traffic.istio import step_up as istio_step_up
+
+log = logging.getLogger("rollout_analyzer.followup")
+
+EVENT_TTL_SECONDS = 7 * 86400
+STEP_LEASE_SECONDS = 120
+
+TRANSITION = """
+local state, analysis_id, verdict, window_end = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('HGET', state, 'analysis_id') == analysis_id then
+  return {redis.call('HGET', state, 'event_id') or '', 'replay'}
+end
+local last_end = tonumber(redis.call('HGET', state, 'window_end') or '0')
+if window_end < last_end then return {'', 'stale'} end
+local last = redis.call('HGET', state, 'verdict')
+redis.call('HSET', state, 'analysis_id', analysis_id, 'window_end', ARGV[3])
+redis.call('EXPIRE', state, ARGV[5])
+if last == verdict then
+  redis.call('HSET', state, 'event_id', '')
+  return {'', 'same'}
+end
+local seq = redis.call('HINCRBY', state, 'seq', 1)
+local event_id = ARGV[4] .. '#' .. seq
+redis.call('HSET', state, 'verdict', verdict, 'event_id', event_id)
+local event = ARGV[6]:gsub('__EVENT_ID__', event_id):gsub('__PREVIOUS__', last or '')
+redis.call('SET', ARGV[7] .. event_id, event, 'EX', ARGV[5])
+return {event_id, 'new'}
+"""
+
+
+class StepUp(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    step: int = Field(ge=1, le=100)
+    max_weight: int = Field(ge=0, le=100)
+
+
+class TrafficPolicy(BaseModel):
+    """A policy's `actions.traffic`: which VirtualService routes to move, and when."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # `{service}`, `{namespace}` and `{rollout}` are filled from the analysis.
+    virtual_service: str
+    namespace: str | None = None
+    routes: list[str] | None = None
+    canary: Destination
+    stable: Destination
+    api_version: str = "networking.istio.io/v1"
+    on_fail: Literal["rollback", "none"] = "rollback"
+    on_pass: StepUp | None = None
+    dry_run: bool = False
+
+    def target(self, result: dict[str, Any]) -> TrafficTarget:
+        values = {
+            "service": result.get("service") or "",
+            "namespace": result.get("namespace") or "",
+            "rollout": result.get("rollout") or result.get("service") or "",
+        }
+
+        def fill(text: str) -> str:
+            return text.format(**values)
+
+        return TrafficTarget(
+            virtual_service=fill(self.virtual_service),
+            namespace=fill(self.namespace or "{namespace}"),
+            routes=self.routes,
+            canary=Destination(host=fill(self.canary.host), subset=self.canary.subset),
+            stable=Destination(host=fill(self.stable.host), subset=self.stable.subset),
+            api_version=self.api_version,
+        )
+
+
+class NotifyPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    targets: list[str] | None = None  # None: every configured target
+    dashboard_url: str | None = None  # may hold {service}, {namespace}, {rollout}
+
+
+class ActionsPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    traffic: TrafficPolicy | None = None
+    notify: NotifyPolicy = NotifyPolicy()
+
+
+def load_targets(path: str | None) -> dict[str, ChatTarget]:
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    targets = [ChatTarget.model_validate(t) for t in data.get("targets") or []]
+    return {t.name: t for t in targets}
+
+
+def rollout_key(result: dict[str, Any]) -> str:
+    """The identity events are counted per: a rollout revision, else service + canary."""
+    namespace = result.get("namespace") or "-"
+    if result.get("rollout"):
+        return f"{namespace}/{result['rollout']}@{result.get('revision') or '-'}"
+    return f"{namespace}/{result['service']}#{result['canary']}"
+
+
+@dataclass
+class Followup:
+    """Everything the follow-up steps need; built once per worker process."""
+
+    redis: redis.Redis
+    prefix: str
+    policies: PolicySet
+    targets: dict[str, ChatTarget]
+    enqueue: Callable[[str, list[Any]], None]
+    kube: Callable[[], Any] | None = None
+    prometheus_graph_url: str | None = None
+    http: httpx.Client | None = None
+    deliver_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._transition = self.redis.register_script(TRANSITION)
+        self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
+        self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
+        self.http = self.http or httpx.Client(timeout=10)
+
+    # --- keys -------------------------------------------------------------------------------
+    def _event_key(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}"
+
+    def _step_key(self, event_id: str, step: str) -> str:
+        return f"{self.prefix}step:{event_id}:{step}"
+
+    def actions_key(self, analysis_id: str) -> str:
+        return f"{self.prefix}actions:{analysis_id}"
+
+    # --- events -----------------------------------------------------------------------------
+    def on_verdict(self, result: dict[str, Any]) -> str | None:
+        """Called after an analysis is stored (and again on redelivery): emit its event."""
+        key = rollout_key(result)
+        event = {
+            "event_id": "__EVENT_ID__",
+            "kind": "verdict",
+            "rollout_key": key,
+            "analysis_id": result["analysis_id"],
+            "verdict": result["verdict"],
+            "previous": "__PREVIOUS__",
+            "time": time.time(),
+        }
+        window_end = (result.get("timing") or {}).get("queued_at", 0)
+        event_id, state = self._transition(
+            keys=[f"{self.prefix}rollout:{key}"],
+            args=[
+                result["analysis_id"],
+                result["verdict"],
+                window_end,
+                key,
+                EVENT_TTL_SECONDS,
+                json.dumps(event),
+                f"{self.prefix}event:",
+            ],
+        )
+        event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
+        if event_id:
+            self.enqueue(ACT_TASK, [event_id])
+            return str(event_id)
+        log.info("no new event", extra={"rollout_key": key, "state": _text(state)})
+        return None
+
+    def on_argo_event(self, body: dict[str, Any]) -> str | None:
+        """An Argo Rollouts notification: one event per (rollout revision, event name)."""
+        key = f"{body['namespace']}/{body['rollout']}@{body.get('revision') or '-'}"
+        event_id = f"{key}!{body['event']}"
+        event = {
+            "event_id": event_id,
+            "kind": "argo",
+            "rollout_key": key,
+            "verdict": body["event"],
+            "argo": body,
+            "time": time.time(),
+        }
+        created = self.redis.set(
+            self._event_key(event_id), json.dumps(event), nx=True, ex=EVENT_TTL_SECONDS
+        )
+        if not created:
+            return None
+        for name in self._target_names(None):
+            self.enqueue(NOTIFY_TASK, [event_id, name])
+        return event_id
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self._event_key(event_id))
+        return json.loads(raw) if raw else None
+
+    def analysis(self, analysis_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(f"{self.prefix}analysis:{analysis_id}", "result")
+        return json.loads(raw) if raw else None
+
+    # --- once -------------------------------------------------------------------------------
+    def _begin(self, event_id: str, step: str) -> bool:
+        """True when this worker should perform the step (nobody did it, nobody is on it)."""
+        return bool(
+            self.redis.set(
+                self._step_key(event_id, step), "running", nx=True, ex=STEP_LEASE_SECONDS
+            )
+        )
+
+    def _done(self, event_id: str, step: str, outcome: dict[str, Any]) -> None:
+        self.redis.set(self._step_key(event_id, step), json.dumps(outcome), ex=EVENT_TTL_SECONDS)
+
+    # --- act --------------------------------------------------------------------------------
+    def act(self, event_id: str) -> list[dict[str, Any]]:
+        event = self.event(event_id)
+        if event is None:
+            return []
+        result = self.analysis(event["analysis_id"]) or {}
+        actions: list[dict[str, Any]] = []
+        if self._begin(event_id, "traffic"):
+            actions = self._traffic(result)
+            for action in actions:
+                self.redis.rpush(self.actions_key(event["analysis_id"]), json.dumps(action))
+            self._done(event_id, "traffic", {"actions": actions})
+        notify_to = self._target_names(result)
+        for name in notify_to:
+            self.enqueue(NOTIFY_TASK, [event_id, name])
+        return actions
+
+    def _actions_policy(self, result: dict[str, Any]) -> ActionsPolicy:
+        policy = self.policies.get(result.get("policy") or "default")
+        return ActionsPolicy.model_validate(policy.actions if policy else {})
+
+    def _traffic(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        traffic = self._actions_policy(result).traffic
+        verdict = result.get("verdict")
+        if traffic is None or self.kube is None:
+            return []
+        if verdict == "fail" and traffic.on_fail == "rollback":
+            move = "rollback"
+        elif verdict == "pass" and traffic.on_pass is not None:
+            move = "step"
+        else:
+            return []
+        try:
+            target = traffic.target(result)
+            api = self.kube()
+        except Exception as exc:  # bad template or no cluster credentials: say so, do not raise
+            failed = {
+                "type": f"traffic.{move}",
+                "target": traffic.virtual_service,
+                "status": "failed",
+                "reason": f"cannot reach Kubernetes: {str(exc)[:300]}",
+                "time": format_time(time.time()),
+            }
+            return [failed]
+        if move == "rollback":
+            record = istio_rollback(api, target, dry_run=traffic.dry_run)
+        else:
+            assert traffic.on_pass is not None
+            step = traffic.on_pass
+            record = istio_step_up(api, target, step.step, step.max_weight, dry_run=traffic.dry_run)
+        log.info(
+            "traffic action",
+            extra={"target": record.target, "status": record.status, "type": record.type},
+        )
+        return [record.model_dump(mode="json")]
+
+    # --- notify -----------------------------------------------------------------------------
+    def _target_names(self, result: dict[str, Any] | None) -> list[str]:
+        chosen = self._actions_policy(result).notify.targets if result else None
+        return [n for n in self.targets if chosen is None or n in chosen]
+
+    def notify(self, event_id: str, target_name: str) -> str:
+        event = self.event(event_id)
+        target = self.targets.get(target_name)
+        if event is None or target is None:
+            return "unknown"
+        notification = self.notification(event)
+        if not severity_allows(target, notification.severity):
+            return "suppressed"
+        step = f"notify:{target_name}"
+        if not self._begin(event_id, step):
+            return "duplicate"
+        # A failure always gets through; the rate limit is for chatter.
+        if (
+            notification.severity != "error"
+            and target.rate_limit_per_minute is not None
+            and not self.limiter.allow(
+                f"{event['rollout_key']}|{target_name}", target.rate_limit_per_minute
+            )
+        ):
+            self._done(event_id, step, {"status": "rate_limited"})
+            return "rate_limited"
+        assert self.http is not None
+        outcome = deliver(self.http, target, notification, **(self.deliver_options or {}))
+        if outcome.status == "failed":
+            self.dead_letters.push(outcome, notification)
+        self._done(event_id, step, outcome.to_dict())
+        log.info(
+            "notification",
+            extra={"target": target_name, "status": outcome.status, "attempts": outcome.attempts},
+        )
+        return outcome.status
+
+    def notification(self, event: dict[str, Any]) -> Notification:
+        if event["kind"] == "argo":
+            argo = event["argo"]
+            return Notification(
+                analysis_id="",
+                service=argo["rollout"],
+                namespace=argo["namespace"],
+                rollout=argo["rollout"],
+                revision=str(argo.get("revision") or ""),
+                verdict=argo["event"],
+                event=argo["event"],
+                reasons=[r for r in (argo.get("message"), f"phase: {argo.get('phase')}") if r],
+            )
+        result = self.analysis(event["analysis_id"]) or {}
+        actions = [
+            json.loads(a) for a in self.redis.lrange(self.actions_key(event["analysis_id"]), 0, -1)
+        ]
+        budget = (result.get("metrics") or {}).get("error_budget") or {}
+        links = self._links(result)
+        return Notification(
+            analysis_id=event["analysis_id"],
+            service=result.get("service") or "",
+            namespace=result.get("namespace") or "",
+            rollout=result.get("rollout") or result.get("service") or "",
+            revision=result.get("revision") or "",
+            verdict=event["verdict"],
+            previous_verdict=event.get("previous") or None,
+            score=result.get("score"),
+            reasons=result.get("reasons") or [],
+            error_budget={k: budget.get(k) for k in budget},
+            requests={k: round(v or 0) for k, v in (result.get("requests") or {}).items()},
+            actions=[
+                {
+                    **a,
+                    "reason": a.get("reason") or "",
+                    "to_weights": _flatten_weights(a.get("to_weights")),
+                }
+                for a in actions
+            ],
+            links=links,
+        )
+
+    def _links(self, result: dict[str, Any]) -> dict[str, str]:
+        links: dict[str, str] = {}
+        queries = (result.get("source") or {}).get("queries") or []
+        if self.prometheus_graph_url and queries:
+            from urllib.parse import urlencode
+
+            params = urlencode({"g0.expr": queries[0], "g0.tab": "0", "g0.range_input": "1h"})
+            links["Prometheus graph"] = f"{self.prometheus_graph_url.rstrip('/')}/graph?{params}"
+        dashboard = self._actions_policy(result).notify.dashboard_url
+        if dashboard:
+            links["Dashboard"] = dashboard.format(
+                service=result.get("service") or "",
+                namespace=result.get("namespace") or "",
+                rollout=result.get("rollout") or "",
+            )
+        return links
+
+
+def _flatten_weights(weights: Any) -> dict[str, int] | None:
+    """{route: {canary, stable}} → {"route canary": w, ...} for the chat summary."""
+    if not isinstance(weights, dict):
+        return None
+    flat: dict[str, int] = {}
+    for route, pair in weights.items():
+        if isinstance(pair, dict):
+            for side, weight in pair.items():
+                flat[f"{route} {side}"] = int(weight)
+    return flat
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def build_followup(
+    settings: Any, client: redis.Redis, enqueue: Callable[[str, list[Any]], None]
+) -> Followup:
+    kube = None
+    if settings.kube_in_cluster or settings.kubeconfig:
+        cache: dict[str, Any] = {}
+
+        def kube() -> Any:
+            if "api" not in cache:
+                cache["api"] = api_client_from_settings(
+                    settings.kubeconfig, settings.kube_in_cluster, settings.kube_context
+                )
+            return cache["api"]
+
+    return Followup(
+        redis=client,
+        prefix=settings.key_prefix,
+        policies=settings.policies(),
+        targets=load_targets(settings.chat_targets_file),
+        enqueue=enqueue,
+        kube=kube,
+        prometheus_graph_url=settings.prometheus_graph_url,
+    )

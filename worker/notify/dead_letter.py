@@ -1,0 +1,130 @@
+"""Failed notifications kept in Redis for inspection and a later retry, and a rate limiter.
+
+Entries hold the target *name*, the redacted `DeliveryResult` and the notification itself:
+no URL and no secret, so listing dead letters is safe for an operator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+
+from worker.notify.delivery import DeliveryResult
+from worker.notify.message import Notification
+
+DEFAULT_KEY = "rollout-analyzer:dead-letters"
+RATE_LIMIT_PREFIX = "rollout-analyzer:notify-rate"
+
+# Aliases: inside DeadLetters the name `list` is the method, not the builtin.
+RawEntries = list[str]
+Entries = list[dict[str, Any]]
+Results = list[DeliveryResult]
+
+
+class DeadLetters:
+    """A capped Redis list of failed deliveries, newest first."""
+
+    def __init__(
+        self, redis_client: redis.Redis, key: str = DEFAULT_KEY, max_len: int = 1000
+    ) -> None:
+        self._redis = redis_client
+        self._key = key
+        self._max_len = max_len
+
+    def push(self, result: DeliveryResult, notification: Notification) -> str:
+        """Store one failed delivery; returns its id. The oldest entries beyond max_len go."""
+        entry = {
+            "id": uuid.uuid4().hex,
+            "failed_at": time.time(),
+            "target": result.target,
+            "retries": 0,
+            "result": result.to_dict(),
+            "notification": notification.model_dump(mode="json"),
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+        pipe.ltrim(self._key, 0, self._max_len - 1)
+        pipe.execute()
+        return cast(str, entry["id"])
+
+    def _raw(self, limit: int | None) -> RawEntries:
+        end = -1 if limit is None else max(0, limit) - 1
+        if limit == 0:
+            return []
+        # Decode here so the same code works with and without decode_responses=True.
+        raw: list[bytes | str] = self._redis.lrange(self._key, 0, end)
+        return [r.decode() if isinstance(r, bytes) else r for r in raw]
+
+    def list(self, limit: int | None = 100) -> Entries:
+        """The newest `limit` entries (all with None), decoded."""
+        return [json.loads(raw) for raw in self._raw(limit)]
+
+    def count(self) -> int:
+        return int(self._redis.llen(self._key))
+
+    def drop(self, entry_id: str) -> bool:
+        """Remove one entry by id; False when it is not (or no longer) there."""
+        for raw in self._raw(None):
+            if json.loads(raw)["id"] == entry_id:
+                return int(self._redis.lrem(self._key, 1, raw)) == 1
+        return False
+
+    def retry_all(self, deliver_fn: Callable[[str, Notification], DeliveryResult]) -> Results:
+        """Redeliver every entry, oldest first, with `deliver_fn(target_name, notification)`.
+
+        Delivered entries are removed; failed ones stay, with the new reason and a retry count.
+        """
+        results: Results = []
+        for raw in reversed(self._raw(None)):
+            entry = json.loads(raw)
+            result = deliver_fn(entry["target"], Notification.model_validate(entry["notification"]))
+            results.append(result)
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.lrem(self._key, 1, raw)
+            if result.status != "delivered":
+                entry["retries"] = int(entry.get("retries", 0)) + 1
+                entry["result"] = result.to_dict()
+                pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+                pipe.ltrim(self._key, 0, self._max_len - 1)
+            pipe.execute()
+        return results
+
+
+# INCR and EXPIRE in one step: a crash between the two would leave a counter that never expires.
+_ALLOW_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+if count <= tonumber(ARGV[1]) then
+  return 1
+end
+return 0
+"""
+
+
+class RateLimiter:
+    """Fixed one-minute windows per key, shared by every worker through Redis."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        prefix: str = RATE_LIMIT_PREFIX,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis_client
+        self._prefix = prefix
+        self._clock = clock
+        self._allow = redis_client.register_script(_ALLOW_SCRIPT)
+
+    def allow(self, key: str, per_minute: int) -> bool:
+        """Count one message for `key`; True while at most `per_minute` fell in this minute."""
+        window = int(self._clock() // 60)
+        counter = f"{self._prefix}:{key}:{window}"
+        # Expire after two windows so a slow clock on one worker cannot resurrect a count.
+        return int(self._allow(keys=[counter], args=[per_minute, 120])) == 1
