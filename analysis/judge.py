@@ -275,6 +275,13 @@ def latency_distribution(
     )  # fmt: skip
 
 
+def _latency_checked(policy: Policy) -> bool:
+    return any(
+        policy.check(name).enabled
+        for name in ("latency.slo", "latency.regression", "latency.distribution")
+    )
+
+
 def _num(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}"
 
@@ -320,6 +327,14 @@ def judge(observation: Observation, policy: Policy) -> Judgement:
         for name, n in (("canary", canary.total), ("baseline", baseline.total))
         if n < t.min_requests
     ]
+    # Requests without their latency histogram is missing data, not a clean bill of health.
+    if not starved and _latency_checked(policy):
+        starved = [
+            f"{name} has {side.total:.0f} requests but {side.observations:.0f} latency "
+            f"observations (histogram {policy.conventions.latency_bucket_metric} missing?)"
+            for name, side in (("canary", canary), ("baseline", baseline))
+            if side.observations < t.min_requests
+        ]
     verdict: Verdict
     if critical:
         verdict = "fail"

@@ -6,6 +6,13 @@ import sys
 
 import click
 
+from cli.analyze import analyze
+from cli.doctor import doctor
+from cli.policies import policies
+from cli.record import record
+from cli.replay import replay
+from cli.template import template
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -27,11 +34,13 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     """
     import uvicorn
 
+    from worker import tracing
     from worker.logs import setup_logging
     from worker.settings import get_settings
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    tracing.setup("webhook")
     uvicorn.run(
         "webhooks.app:create_app",
         factory=True,
@@ -53,12 +62,14 @@ def worker(concurrency: int, pool: str, hostname: str | None) -> None:
 
     Example: rollout-analyzer worker --concurrency 4
     """
+    from worker import tracing
     from worker.celery_app import app
     from worker.logs import setup_logging
     from worker.settings import get_settings
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    tracing.setup("worker")
     argv = [
         "worker",
         f"--concurrency={concurrency}",
@@ -102,6 +113,10 @@ def demo(port: int, host: str) -> None:
     from cli.demo import run_demo
 
     run_demo(host, port)
+
+
+for _command in (analyze, replay, record, template, doctor, policies):
+    cli.add_command(_command)
 
 
 def main() -> None:

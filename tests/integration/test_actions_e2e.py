@@ -7,159 +7,42 @@ and signatures.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import time
 
 import httpx
 import pytest
-import yaml
-from celery import Celery
 
-from tests.integration.conftest import AUTH, TOKEN
-from tests.support.argo import Phase, WebProvider, measure
-from tests.support.chat_receivers import Answer, ChatReceivers
-from tests.support.k8s_emulator import K8sEmulator, RbacRule, write_kubeconfig
+from tests.integration.conftest import AUTH
+from tests.support.actions_world import NS, VIRTUAL_SERVICE, argo_call, body, start_actions_world
+from tests.support.argo import Phase
+from tests.support.chat_receivers import Answer
+from tests.support.k8s_emulator import K8sEmulator, RbacRule
 from tests.support.procs import wait_for
 from worker.task_names import ACT_TASK, NOTIFY_TASK
-
-NS = "shop"
-DINGTALK_SECRET = "SECdingtalk-signing-secret"
-FEISHU_SECRET = "feishu-signing-secret"
-
-VIRTUAL_SERVICE = {
-    "apiVersion": "networking.istio.io/v1",
-    "kind": "VirtualService",
-    "metadata": {"name": "errors", "namespace": NS},
-    "spec": {
-        "hosts": ["errors"],
-        "http": [
-            {
-                "name": "primary",
-                "route": [
-                    {"destination": {"host": "errors", "subset": "stable"}, "weight": 70},
-                    {"destination": {"host": "errors", "subset": "canary"}, "weight": 30},
-                ],
-                "retries": {"attempts": 3, "perTryTimeout": "2s"},
-            },
-            {
-                "name": "admin",
-                "match": [{"uri": {"prefix": "/admin"}}],
-                "route": [{"destination": {"host": "errors-admin"}}],
-            },
-        ],
-    },
-}
-
-POLICIES = {
-    "policies": {
-        "default": {
-            "actions": {
-                "traffic": {
-                    "virtual_service": "{service}",
-                    "routes": ["primary"],
-                    "canary": {"host": "{service}", "subset": "canary"},
-                    "stable": {"host": "{service}", "subset": "stable"},
-                },
-                "notify": {
-                    "dashboard_url": "https://grafana.example.com/d/canary?var-svc={service}"
-                },
-            }
-        }
-    }
-}
 
 
 @pytest.fixture(scope="module")
 def world(stack_factory, prometheus, tmp_path_factory):
-    work = tmp_path_factory.mktemp("actions")
-    emulator = K8sEmulator().start()
-    receivers = ChatReceivers(dingtalk_secret=DINGTALK_SECRET, feishu_secret=FEISHU_SECRET)
-    receivers.__enter__()
-    kubeconfig = write_kubeconfig(work / "kubeconfig", emulator.url, emulator.token)
-    (work / "policies.yaml").write_text(yaml.safe_dump(POLICIES))
-    targets = {
-        "targets": [
-            {"name": "team-slack", "kind": "slack", "url": receivers.url("slack"),
-             "rate_limit_per_minute": 100},
-            {"name": "team-dingtalk", "kind": "dingtalk", "url": receivers.url("dingtalk"),
-             "secret_env": "DINGTALK_SECRET", "rate_limit_per_minute": 100},
-            {"name": "team-feishu", "kind": "feishu", "url": receivers.url("feishu"),
-             "secret_env": "FEISHU_SECRET", "rate_limit_per_minute": 100},
-            {"name": "audit", "kind": "generic", "url": receivers.url("generic"),
-             "rate_limit_per_minute": 100},
-        ]
-    }  # fmt: skip
-    (work / "targets.yaml").write_text(yaml.safe_dump(targets))
-    stack = stack_factory(
-        "actions",
-        prometheus_url=prometheus.url,
-        settings={
-            "ROLLOUT_ANALYZER_POLICIES_FILE": str(work / "policies.yaml"),
-            "ROLLOUT_ANALYZER_CHAT_TARGETS_FILE": str(work / "targets.yaml"),
-            "ROLLOUT_ANALYZER_KUBECONFIG": str(kubeconfig),
-            "ROLLOUT_ANALYZER_REUSE_SECONDS": "1",
-            "ROLLOUT_ANALYZER_PROMETHEUS_GRAPH_URL": "https://prometheus.example.com",
-            "DINGTALK_SECRET": DINGTALK_SECRET,
-            "FEISHU_SECRET": FEISHU_SECRET,
-        },
+    built = start_actions_world(
+        stack_factory, prometheus.url, tmp_path_factory.mktemp("actions"), "actions"
     )
-    celery = Celery(broker=stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
-    yield stack, emulator, receivers, celery
-    receivers.close()
-    emulator.stop()
-
-
-def reset(emulator: K8sEmulator, receivers: ChatReceivers, vs: dict | None = None) -> None:
-    emulator.clear_faults()
-    with contextlib.suppress(Exception):  # absent before the first test
-        emulator.delete_object("networking.istio.io/v1", "virtualservices", NS, "errors")
-    emulator.create_object(
-        "networking.istio.io/v1", "virtualservices", NS, copy.deepcopy(vs or VIRTUAL_SERVICE)
-    )
-    emulator.requests.clear()
-    receivers.reset()
-
-
-def argo_call(stack, body: dict) -> tuple[Phase, float]:
-    web = WebProvider(
-        url=f"{stack.url}/v1/analyze",
-        method="POST",
-        headers=[("Authorization", f"Bearer {TOKEN}")],
-        json_body=body,
-        json_path="{$.verdict}",
-        timeout_seconds=10,
-    )
-    with httpx.Client() as client:
-        began = time.monotonic()
-        result = measure(client, web, 'result == "pass"', 'result == "fail"')
-    return result.phase, began
-
-
-def weights(emulator: K8sEmulator) -> dict[str, int]:
-    vs = emulator.get_object("networking.istio.io/v1", "virtualservices", NS, "errors")
-    route = vs["spec"]["http"][0]["route"]
-    return {r["destination"]["subset"]: r["weight"] for r in route}
+    yield built
+    built.close()
 
 
 def patches(emulator: K8sEmulator) -> list:
     return emulator.requests_for("patch")
 
 
-def body(revision: str) -> dict:
-    return {"service": "errors", "namespace": NS, "canary": "6d4f8b7c9a", "baseline": "5c8d7e6f4b",
-            "rollout": "errors", "revision": revision}  # fmt: skip
-
-
 def test_fail_rolls_back_traffic_and_tells_every_chat_once(world, capsys):
-    stack, emulator, receivers, celery = world
-    reset(emulator, receivers)
+    stack, emulator, receivers, celery = world.parts
+    world.reset()
     phase, began = argo_call(stack, body("1"))
     verdict_at = time.monotonic()
     assert phase == Phase.FAILED
 
-    wait_for(lambda: weights(emulator) == {"stable": 100, "canary": 0}, 10, "the rollback")
+    wait_for(lambda: world.weights() == {"stable": 100, "canary": 0}, 10, "the rollback")
     patched_at = time.monotonic()
     wait_for(
         lambda: all(receivers.accepted(p) for p in ("slack", "dingtalk", "feishu", "generic")),
@@ -207,8 +90,8 @@ def test_fail_rolls_back_traffic_and_tells_every_chat_once(world, capsys):
 
 
 def test_a_verdict_change_is_a_new_event(world):
-    stack, emulator, receivers, _ = world
-    reset(emulator, receivers)
+    stack, _emulator, receivers, _ = world.parts
+    world.reset()
     assert argo_call(stack, body("2"))[0] == Phase.FAILED
     wait_for(lambda: len(receivers.accepted("generic")) == 1, 10, "first message")
     good = body("2") | {"service": "good"}
@@ -221,8 +104,8 @@ def test_a_verdict_change_is_a_new_event(world):
 
 
 def test_retried_delivery_then_dead_letter_never_touch_the_verdict(world):
-    stack, emulator, receivers, _ = world
-    reset(emulator, receivers)
+    stack, _emulator, receivers, _ = world.parts
+    world.reset()
     receivers.script("slack", Answer.status_only(500), Answer.status_only(500))
     receivers.always("generic", Answer.status_only(500))
     assert argo_call(stack, body("3"))[0] == Phase.FAILED
@@ -245,8 +128,8 @@ def test_retried_delivery_then_dead_letter_never_touch_the_verdict(world):
 
 
 def test_rbac_denial_is_reported_not_raised(world):
-    stack, emulator, receivers, _ = world
-    reset(emulator, receivers)
+    stack, emulator, receivers, _ = world.parts
+    world.reset()
     emulator.rbac = [RbacRule(verbs=("get",), resources=("virtualservices",))]
     try:
         assert argo_call(stack, body("4"))[0] == Phase.FAILED
@@ -254,14 +137,14 @@ def test_rbac_denial_is_reported_not_raised(world):
         action = receivers.accepted("generic")[0].body["actions"][0]
         assert action["status"] == "failed"
         assert "forbidden" in action["reason"].lower()
-        assert weights(emulator) == {"stable": 70, "canary": 30}
+        assert world.weights() == {"stable": 70, "canary": 30}
     finally:
         emulator.rbac = None
 
 
 def test_argo_rollouts_events_reach_chat_once(world):
-    stack, emulator, receivers, _ = world
-    reset(emulator, receivers)
+    stack, _emulator, receivers, _ = world.parts
+    world.reset()
     event = {"event": "rollout-aborted", "rollout": "errors", "namespace": NS, "revision": "9",
              "phase": "Degraded"}  # fmt: skip
     with stack.client() as client:

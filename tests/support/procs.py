@@ -157,10 +157,14 @@ def _stop_all() -> None:
 class RedisServer(ManagedProcess):
     """redis-server on 127.0.0.1 without persistence; restarts keep the same port."""
 
-    def __init__(self, port: int | None = None, work_dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, work_dir: Path | None = None, *, appendonly: bool = False
+    ) -> None:
         super().__init__("redis", work_dir)
         self.port = port or free_port()
         self._chose_port = port is None
+        # AOF (fsync every second), as deploy/ runs it: queued tasks survive a restart.
+        self.appendonly = appendonly
 
     @property
     def url(self) -> str:
@@ -193,7 +197,9 @@ class RedisServer(ManagedProcess):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
             "--dir",
             str(self.work_dir),
             "--daemonize",

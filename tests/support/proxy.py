@@ -6,6 +6,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +16,8 @@ class Faults:
     delay_seconds: float = 0.0
     status: int | None = None  # answer this status instead of forwarding
     body: bytes | None = None  # answer 200 with this body instead of forwarding
+    # Rewrite the upstream's answer (e.g. drop series: partial data).
+    transform: Callable[[bytes], bytes] | None = None
 
 
 class FaultyProxy:
@@ -22,6 +25,7 @@ class FaultyProxy:
         self.upstream = upstream.rstrip("/")
         self.faults = Faults()
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,6 +41,7 @@ class FaultyProxy:
 
             def _forward(self, body: bytes | None) -> None:
                 proxy.requests.append(self.path)
+                proxy.headers.append(dict(self.headers.items()))
                 faults = proxy.faults
                 if faults.delay_seconds:
                     time.sleep(faults.delay_seconds)
@@ -54,7 +59,10 @@ class FaultyProxy:
                         request.add_header(key, self.headers[key])
                 try:
                     with urllib.request.urlopen(request, timeout=30) as answer:
-                        self._answer(answer.status, answer.read())
+                        payload = answer.read()
+                        if faults.transform is not None:
+                            payload = faults.transform(payload)
+                        self._answer(answer.status, payload)
                 except urllib.error.HTTPError as exc:
                     self._answer(exc.code, exc.read())
 

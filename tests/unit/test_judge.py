@@ -153,3 +153,10 @@ def test_reasons_and_numbers_never_carry_nan_into_reasons():
     result = verdict(SideCounts(), SideCounts())
     assert result.verdict == "inconclusive"
     assert all("nan" not in r.lower() for r in result.reasons)
+
+
+def test_requests_without_a_latency_histogram_are_not_a_clean_bill_of_health():
+    canary = SideCounts({"200": 5000.0}, ())
+    result = verdict(canary, side(15000, 15))
+    assert result.verdict == "inconclusive"
+    assert "latency observations" in result.reasons[0]
