@@ -140,7 +140,8 @@ def parse_request(data: Any) -> AnalyzeRequest:
 
 def _first_error(exc: ValidationError) -> RequestError:
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "body"
+    # pydantic marks a bad dict key with a "[key]" step; the caller knows it by its name.
+    field = ".".join(str(part) for part in first["loc"] if part != "[key]") or "body"
     kind = first["type"]
     if kind == "string_pattern_mismatch":
         message = "contains characters that are not allowed (letters, digits and ._:/@+=- only)"
