@@ -36,7 +36,15 @@ from analysis.request import (
 from webhooks.limits import BodyLimit
 from webhooks.metrics import WebhookMetrics
 from webhooks.runtime import Runtime, build_runtime
+from webhooks.schemas import (
+    AnalysisAnswer,
+    DeadLetterList,
+    EventAccepted,
+    StoredAnalysis,
+    answers,
+)
 from webhooks.waiting import CompletionWaiter
+from worker import tracing
 from worker.settings import Settings, get_settings
 from worker.task_names import ANALYZE_TASK, ARGO_EVENT_TASK
 
@@ -76,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Any:
         version="0.1.0",
         summary="Canary verdicts for Argo Rollouts' web metric provider.",
         lifespan=lifespan,
+        telemetry=tracing.webhook_telemetry(),
     )
 
     def runtime() -> Runtime:
@@ -112,6 +121,7 @@ def create_app(settings: Settings | None = None) -> Any:
             log.exception("unhandled error", extra={"path": route})
             response = error(500, "server", "internal error")
         elapsed = time.perf_counter() - started
+        tracing.set_attributes(tracing.request_attributes(getattr(request.state, "log", {})))
         matched = request.scope.get("route")
         name = getattr(matched, "path", "unmatched")
         metrics.requests.labels(request.method, name, str(response.status_code)).inc()
@@ -156,8 +166,10 @@ def create_app(settings: Settings | None = None) -> Any:
                     return error(503, "queue", "the task queue is unreachable; retry later")
             else:
                 metrics.dedup_hits.inc()
-            remaining = settings.wait_seconds - (time.monotonic() - arrived)
-            record = await state["waiter"].wait(claim.analysis_id, max(0.0, remaining))
+            record = claim.record
+            if record is None:
+                remaining = settings.wait_seconds - (time.monotonic() - arrived)
+                record = await state["waiter"].wait(claim.analysis_id, max(0.0, remaining))
         except STORE_ERRORS as exc:
             metrics.store_errors.inc()
             log.warning("store unavailable", extra={"error": str(exc)[:200]})
@@ -177,7 +189,9 @@ def create_app(settings: Settings | None = None) -> Any:
             if claim.is_new:
                 timing = result.get("timing", {})
                 metrics.analyses.labels(verdict).inc()
-                metrics.analysis_duration.observe(timing.get("duration_seconds", 0))
+                metrics.analysis_duration.observe(
+                    timing.get("duration_seconds", 0), exemplar=tracing.exemplar()
+                )
                 metrics.queue_wait.observe(timing.get("queue_wait_seconds", 0))
             return JSONResponse(result, headers={"X-Analysis-Id": claim.analysis_id})
         if status == "error":
@@ -199,18 +213,11 @@ def create_app(settings: Settings | None = None) -> Any:
             "content": {"application/json": {"schema": AnalyzeRequest.model_json_schema()}},
         }
     }
-    answers: dict[int | str, dict[str, Any]] = {
-        200: {"description": "the verdict, numbers, checks and reasons"},
-        401: {"description": "missing or wrong bearer token"},
-        413: {"description": "body larger than the limit"},
-        422: {"description": "a field is invalid; `field` names it"},
-        502: {"description": "the metrics could not be read"},
-        503: {"description": "not finished yet (retry finds the same analysis) or Redis down"},
-    }
+    analyze_answers = answers(AnalysisAnswer, 400, 401, 408, 413, 422, 502, 503)
     v1 = [Depends(authorized)]
 
-    @app.post("/v1/analyze", dependencies=v1, openapi_extra=body_doc, responses=answers)
-    @app.put("/v1/analyze", dependencies=v1, openapi_extra=body_doc, responses=answers)
+    @app.post("/v1/analyze", dependencies=v1, openapi_extra=body_doc, responses=analyze_answers)
+    @app.put("/v1/analyze", dependencies=v1, openapi_extra=body_doc, responses=analyze_answers)
     async def analyze_body(request: Request) -> JSONResponse:
         """Analyse a canary against its baseline (JSON body; Argo's POST/PUT with jsonBody)."""
         raw = await request.body()
@@ -220,7 +227,7 @@ def create_app(settings: Settings | None = None) -> Any:
             return error(400, "body", "is not valid JSON")
         return await analyze(request, data)
 
-    @app.get("/v1/analyze", dependencies=v1, responses=answers)
+    @app.get("/v1/analyze", dependencies=v1, responses=analyze_answers)
     async def analyze_query(
         request: Request,
         service: str,
@@ -241,7 +248,11 @@ def create_app(settings: Settings | None = None) -> Any:
             return error(422, exc.field, exc.message)
         return await analyze(request, data)
 
-    @app.get("/v1/analyses/{analysis_id}", dependencies=v1)
+    @app.get(
+        "/v1/analyses/{analysis_id}",
+        dependencies=v1,
+        responses=answers(StoredAnalysis, 401, 404, 422, 503),
+    )
     async def stored(analysis_id: str) -> JSONResponse:
         """A stored analysis (kept for `result_ttl_seconds`)."""
         if not ANALYSIS_ID.match(analysis_id):
@@ -272,7 +283,10 @@ def create_app(settings: Settings | None = None) -> Any:
                 "content": {"application/json": {"schema": ArgoEvent.model_json_schema()}},
             }
         },
-        responses={202: {"description": "accepted"}, 401: {}, 413: {}, 422: {}, 503: {}},
+        responses={
+            202: {"model": EventAccepted, "description": "accepted"},
+            **answers(None, 400, 401, 408, 413, 422, 503),
+        },
     )
     async def argo_event(request: Request) -> JSONResponse:
         """A notification from Argo Rollouts' webhook service (step, abort, completion)."""
@@ -288,7 +302,7 @@ def create_app(settings: Settings | None = None) -> Any:
             return error(503, "queue", "the task queue is unreachable; retry later")
         return JSONResponse({"accepted": True, "event": event.event}, status_code=202)
 
-    @app.get("/v1/dead-letters", dependencies=v1)
+    @app.get("/v1/dead-letters", dependencies=v1, responses=answers(DeadLetterList, 401, 422, 503))
     async def dead_letters(limit: int = Query(50, ge=1, le=1000)) -> JSONResponse:
         """Chat deliveries that failed after their retries, newest first."""
         try:
@@ -302,20 +316,22 @@ def create_app(settings: Settings | None = None) -> Any:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "Redis unreachable or no live worker"}})
     async def readyz() -> JSONResponse:
         """Redis answers and at least one worker sent a heartbeat recently."""
         rt = runtime()
         try:
             await asyncio.wait_for(rt.client.ping(), 1.0)
-            workers = await asyncio.wait_for(rt.store.live_workers(15.0), 1.0)
+            workers = await asyncio.wait_for(
+                rt.store.live_workers(3 * settings.heartbeat_seconds), 1.0
+            )
         except (TimeoutError, *STORE_ERRORS):
             return JSONResponse({"status": "unready", "redis": "unreachable"}, status_code=503)
         ready = workers > 0
         body = {"status": "ready" if ready else "unready", "redis": "ok", "workers": workers}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:
         """Our own metrics in Prometheus (or, when asked, OpenMetrics) exposition."""
         if "application/openmetrics-text" in request.headers.get("accept", ""):
@@ -323,7 +339,7 @@ def create_app(settings: Settings | None = None) -> Any:
             return Response(content, media_type=OPENMETRICS_CONTENT_TYPE)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return BodyLimit(app, settings.max_body_bytes)
+    return BodyLimit(app, settings.max_body_bytes, settings.body_timeout_seconds)
 
 
 class _Unauthorized(Exception):

@@ -17,7 +17,7 @@ class WebhookMetrics:
         )  # fmt: skip
         self.request_duration = Histogram(
             "rollout_analyzer_http_request_duration_seconds", "Time to answer an HTTP request.",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+            ["route"], buckets=_LATENCY_BUCKETS, unit="seconds", registry=r,
         )  # fmt: skip
         self.verdicts = Counter(
             "rollout_analyzer_verdicts_served", "Verdicts returned to callers.", ["verdict"],
@@ -29,11 +29,11 @@ class WebhookMetrics:
         )  # fmt: skip
         self.analysis_duration = Histogram(
             "rollout_analyzer_analysis_duration_seconds", "Worker time of one analysis.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS, unit="seconds", registry=r,
         )  # fmt: skip
         self.queue_wait = Histogram(
             "rollout_analyzer_queue_wait_seconds", "Time an analysis waited for a worker.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS, unit="seconds", registry=r,
         )  # fmt: skip
         self.dedup_hits = Counter(
             "rollout_analyzer_dedup_hits", "Calls answered by an analysis already started.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from worker.store import AsyncStore, Store
 from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
 
 IN_PROCESS_WORKER = "in-process"
+REDIS_CONNECTIONS = 256  # per webhook process; Redis takes 10,000 by default
 
 
 class Dispatcher(Protocol):
@@ -81,7 +83,8 @@ class InProcessDispatcher:
             self._stop.wait(5)
 
     def submit(self, task: str, args: list[Any]) -> None:
-        self._pool.submit(self._tasks[task], *args)
+        # The caller's context (its trace span) goes along, as Celery headers carry it.
+        self._pool.submit(contextvars.copy_context().run, self._tasks[task], *args)
 
     async def enqueue(self, task: str, args: list[Any]) -> None:
         self.submit(task, args)
@@ -108,8 +111,13 @@ def build_runtime(settings: Settings) -> Runtime:
         sync_store = Store(fakeredis.FakeRedis(server=server), settings.key_prefix)
         store = AsyncStore(client, settings.key_prefix)
         return Runtime(client, store, InProcessDispatcher(settings, sync_store), "in-process")
-    client = aioredis.Redis.from_url(
+    # redis-py's default pool fails at once ("Too many connections") past 100 concurrent
+    # requests; a burst of polls must queue for a connection (commands take ~0.1 ms) instead.
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        # Under a burst the event loop itself is the queue: wait up to half the answer budget.
+        timeout=settings.wait_seconds / 2,
         socket_connect_timeout=0.5,
         socket_timeout=2,
         health_check_interval=10,
@@ -117,5 +125,6 @@ def build_runtime(settings: Settings) -> Runtime:
         # into a quick 503 (Argo retries in 10 s anyway).
         retry=Retry(NoBackoff(), 1),
     )
+    client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
     store = AsyncStore(client, settings.key_prefix)
     return Runtime(client, store, CeleryDispatcher(settings), "celery")

@@ -18,7 +18,6 @@ from worker.task_names import ANALYZE_TASK
 
 __all__ = ["ANALYZE_TASK", "app", "make_celery", "worker_name", "worker_store"]
 
-HEARTBEAT_SECONDS = 5.0
 
 log = logging.getLogger("rollout_analyzer.worker")
 
@@ -78,7 +77,7 @@ def _beat(stop: threading.Event, name: str) -> None:
             worker_store().heartbeat(name)
         except redis.RedisError:
             log.warning("heartbeat failed: Redis unreachable")
-        stop.wait(HEARTBEAT_SECONDS)
+        stop.wait(get_settings().heartbeat_seconds)
 
 
 _beat_stop = threading.Event()

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from analysis.durations import format_time
 from analysis.policy import PolicySet
+from worker import tracing
 from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import deliver, severity_allows
 from worker.notify.message import Notification
@@ -279,12 +280,23 @@ class Followup:
                 "time": format_time(time.time()),
             }
             return [failed]
-        if move == "rollback":
-            record = istio_rollback(api, target, dry_run=traffic.dry_run)
-        else:
-            assert traffic.on_pass is not None
-            step = traffic.on_pass
-            record = istio_step_up(api, target, step.step, step.max_weight, dry_run=traffic.dry_run)
+        where = {
+            "k8s.namespace.name": target.namespace,
+            "traffic.virtual_service": target.virtual_service,
+            "traffic.dry_run": traffic.dry_run,
+        }
+        with tracing.span(f"traffic.{move}", **where):
+            if move == "rollback":
+                record = istio_rollback(api, target, dry_run=traffic.dry_run)
+            else:
+                assert traffic.on_pass is not None
+                step = traffic.on_pass
+                record = istio_step_up(
+                    api, target, step.step, step.max_weight, dry_run=traffic.dry_run
+                )
+            tracing.set_attributes(
+                {"traffic.status": record.status, "traffic.attempts": record.attempts}
+            )
         log.info(
             "traffic action",
             extra={"target": record.target, "status": record.status, "type": record.type},
@@ -318,7 +330,16 @@ class Followup:
             self._done(event_id, step, {"status": "rate_limited"})
             return "rate_limited"
         assert self.http is not None
-        outcome = deliver(self.http, target, notification, **(self.deliver_options or {}))
+        # Name and kind only: a chat webhook URL is a credential.
+        with tracing.span("chat.deliver", **{"chat.target": target_name, "chat.kind": target.kind}):
+            outcome = deliver(self.http, target, notification, **(self.deliver_options or {}))
+            tracing.set_attributes(
+                {
+                    "chat.status": outcome.status,
+                    "chat.attempts": outcome.attempts,
+                    "http.response.status_code": outcome.http_status,
+                }
+            )
         if outcome.status == "failed":
             self.dead_letters.push(outcome, notification)
         self._done(event_id, step, outcome.to_dict())
@@ -426,4 +447,5 @@ def build_followup(
         enqueue=enqueue,
         kube=kube,
         prometheus_graph_url=settings.prometheus_graph_url,
+        http=httpx.Client(timeout=settings.notify_timeout_seconds),
     )

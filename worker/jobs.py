@@ -17,6 +17,7 @@ from analysis.policy import PolicySet
 from analysis.report import run_analysis
 from analysis.request import AnalysisSpec, RequestError
 from analysis.sources import MetricsSource, SourceError
+from worker import tracing
 from worker.store import Store
 
 log = logging.getLogger("rollout_analyzer.worker")
@@ -57,6 +58,7 @@ def execute(
 ) -> str:
     """Compute and record one analysis; returns what happened (started/done/taken/…)."""
     state = store.start(analysis_id, worker, lease_seconds)
+    tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
     if state != "started":
         log.info("analysis skipped", extra={"analysis_id": analysis_id, "state": state})
         if state == "done" and after is not None:
@@ -75,7 +77,8 @@ def execute(
         try:
             spec = AnalysisSpec.from_json(record["spec"], policies)
             end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
-            payload = run_analysis(spec, source, end=end, deadline=deadline)
+            with tracing.statistics_timed(source) as timed_source:
+                payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
         except (SourceError, RequestError, KeyError, ValueError) as exc:
             status = "error"
             payload = {"error": str(exc)[:1000]}
@@ -88,6 +91,7 @@ def execute(
         "queue_wait_seconds": round(started - queued_at, 6),
         "duration_seconds": round(finished - started, 6),
     }
+    tracing.set_attributes(tracing.analysis_attributes(payload))
     outcome = store.finish(
         analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds
     )

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from worker.tracing import current_ids
+
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -23,6 +25,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 line[key] = value
+        # trace_id / span_id of the span the line was written in (tracing on only).
+        line.update(current_ids() or {})
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(line, default=str)

@@ -29,7 +29,9 @@ local current = redis.call('GET', KEYS[1])
 if current then
   local record = prefix .. 'analysis:' .. current
   local status = redis.call('HGET', record, 'status')
-  if status == 'done' or status == 'queued' then return {current, status} end
+  -- A finished analysis comes back with its record: a repeated poll needs no second trip.
+  if status == 'done' then return {current, status, redis.call('HGETALL', record)} end
+  if status == 'queued' then return {current, status} end
   if status == 'running' then
     if redis.call('EXISTS', prefix .. 'lease:' .. current) == 1 then
       return {current, 'running'}
@@ -188,6 +190,8 @@ class Store:
 class Claim:
     analysis_id: str
     state: str  # new | queued | running | done
+    # The record of a done analysis, read in the same script as the claim.
+    record: dict[str, Any] | None = None
 
     @property
     def is_new(self) -> bool:
@@ -222,7 +226,11 @@ class AsyncStore:
             now,
         ]
         found = await self._claim(keys=[self.keys.claim(identity)], args=args)
-        return Claim(_text(found[0]), _text(found[1]))
+        record = None
+        if len(found) > 2:
+            flat = found[2]
+            record = decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return Claim(_text(found[0]), _text(found[1]), record)
 
     async def abandon(self, identity: str, analysis_id: str, reason: str) -> None:
         """Undo a claim whose task could not be enqueued, so the next call starts afresh."""
