@@ -6,11 +6,13 @@ import concurrent.futures
 import json
 import math
 import time
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from tests.integration.conftest import AUTH
+from tests.integration.conftest import AUTH, TOKEN
+from tests.support.argo import WebProvider, measure
 from tests.support.procs import wait_for
 from tests.support.proxy import FaultyProxy
 
@@ -74,6 +76,24 @@ def test_every_scenario_gets_its_verdict(stack, prometheus, name):
     assert result["reasons"] and all(isinstance(r, str) for r in result["reasons"])
     assert "NaN" not in answer.text and "Infinity" not in answer.text
     assert result["source"]["round_trips"] == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_argo_sees_the_expected_phase(stack, prometheus, name, method):
+    """Through the emulator of Argo's web provider: GET with query parameters (Argo's default)
+    and POST with jsonBody, jsonPath {$.verdict}, the usual conditions, 10 s timeout."""
+    payload = body_for(prometheus, name)
+    if method == "GET":
+        web = WebProvider(url=f"{stack.url}/v1/analyze?{urlencode(payload)}", method="GET")
+    else:
+        web = WebProvider(url=f"{stack.url}/v1/analyze", method="POST", json_body=payload)
+    web.headers = [("Authorization", f"Bearer {TOKEN}")]
+    web.json_path = "{$.verdict}"
+    web.timeout_seconds = 10
+    with httpx.Client() as client:
+        measurement = measure(client, web, 'result == "pass"', 'result == "fail"')
+    assert measurement.phase.value == prometheus.scenarios[name].expected_phase, measurement
 
 
 def test_the_answer_has_every_documented_field(stack, prometheus):
