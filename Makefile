@@ -24,6 +24,7 @@ system-deps:
 	@command -v kubectl >/dev/null || { echo "installing kubectl (kubernetes-client) from Debian"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
+	@command -v wrk >/dev/null || { echo "installing wrk from Debian (make bench)"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 
 demo: $(STAMP)
 	$(VENV)/bin/rollout-analyzer demo

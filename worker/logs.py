@@ -26,7 +26,8 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and not key.startswith("_"):
                 line[key] = value
         # trace_id / span_id of the span the line was written in (tracing on only).
-        line.update(current_ids() or {})
+        for key, value in (current_ids() or {}).items():
+            line.setdefault(key, value)
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(line, default=str)

@@ -9,6 +9,7 @@ analysis deadline: a caller that cannot get a slot in time gets a SourceError, n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import time
@@ -71,6 +72,13 @@ class QueryCap:
     def try_acquire(self, holder: str) -> bool:
         return bool(self._acquire(keys=[self.key], args=[self.limit, holder, self.lease_ms]))
 
+    def _try(self, holder: str) -> bool:
+        try:
+            return self.try_acquire(holder)
+        except redis.RedisError as exc:
+            # No cap means no guarantee to Prometheus: fail the analysis, never skip the cap.
+            raise SourceError(f"the Prometheus query cap is unavailable (Redis): {exc}") from exc
+
     def release(self, holder: str) -> None:
         self.redis.zrem(self.key, holder)
 
@@ -89,7 +97,7 @@ class QueryCap:
         if deadline is not None:
             give_up = min(give_up, deadline - MIN_QUERY_SECONDS)
         pause = POLL_START_SECONDS
-        while not self.try_acquire(holder):
+        while not self._try(holder):
             left = give_up - time.monotonic()
             if left <= 0:
                 raise QueryCapReached(
@@ -102,10 +110,8 @@ class QueryCap:
         try:
             yield
         finally:
-            try:
+            with contextlib.suppress(redis.RedisError):  # the lease expires on its own
                 self.release(holder)
-            except redis.RedisError:
-                pass  # the lease expires on its own
 
 
 class CappedSource:

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     prometheus_ca_file: str | None = None
     prometheus_insecure: bool = False
     prometheus_query_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    prometheus_max_concurrent_queries: int | None = None  # shared by all workers; 0/None: no cap
     # A recording file instead of Prometheus (demo, offline replays).
     recording: str | None = None
     policies_file: str | None = None
@@ -52,6 +53,11 @@ class Settings(BaseSettings):
     task_soft_time_limit: float = Field(30.0, gt=1)
     task_time_limit: float = Field(45.0, gt=1)
     max_body_bytes: int = Field(65536, ge=1024)
+    # A body that has not fully arrived by then is refused (slow-loris).
+    body_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # Workers beat this often; /readyz wants a beat within three periods.
+    heartbeat_seconds: float = Field(5.0, gt=0, le=60)
+    notify_timeout_seconds: float = Field(10.0, gt=0, le=60)
     log_level: str = "INFO"
 
     # Acting on verdicts: Kubernetes access for Istio traffic, and chat targets.

@@ -15,13 +15,23 @@ from analysis.sources import MetricsSource
 from worker.celery_app import worker_name, worker_store
 from worker.followup import Followup, build_followup
 from worker.jobs import execute
+from worker.query_cap import CappedSource, QueryCap, cap_key
 from worker.settings import get_settings
 from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
 
 
 @lru_cache(maxsize=1)
 def _source() -> MetricsSource:
-    return get_settings().source()
+    settings = get_settings()
+    source = settings.source()
+    capped = settings.prometheus_max_concurrent_queries and not settings.recording
+    if capped and settings.prometheus_url:
+        key = cap_key(settings.key_prefix, settings.prometheus_url)
+        limit = settings.prometheus_max_concurrent_queries
+        # A slot is never held longer than a task may run: a dead holder frees it by then.
+        cap = QueryCap(worker_store().redis, key, limit, settings.task_soft_time_limit)
+        return CappedSource(source, cap)
+    return source
 
 
 @lru_cache(maxsize=1)
