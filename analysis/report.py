@@ -41,6 +41,7 @@ def report(spec: AnalysisSpec, observation: Observation, judgement: Judgement) -
         "rollout": spec.rollout,
         "revision": spec.revision,
         "policy": spec.policy.name,
+        "traffic": spec.traffic,
         "window": {
             "start": format_time(end - spec.window_seconds),
             "end": format_time(end),

@@ -31,6 +31,20 @@ OverrideName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,40}$")]
 FUTURE_SKEW_SECONDS = 60.0
 
 
+class TrafficOverride(BaseModel):
+    """Per-request traffic settings, honoured only where the policy allows them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    virtual_service: Identity | None = Field(None, description="VirtualService name")
+    namespace: Identity | None = Field(None, description="VirtualService namespace")
+    routes: list[Identity] | None = Field(None, max_length=20, description="http route names")
+    dry_run: bool | None = Field(None, description="record the patch without sending it")
+
+    def settings(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class AnalyzeRequest(BaseModel):
     """The body of POST/PUT /v1/analyze, or the query of GET /v1/analyze."""
 
@@ -47,6 +61,9 @@ class AnalyzeRequest(BaseModel):
     revision: Identity | None = Field(None, description="Rollout revision, for dedup and actions")
     overrides: dict[OverrideName, float] = Field(
         default_factory=dict, max_length=32, description="numeric thresholds of the policy"
+    )
+    traffic: TrafficOverride | None = Field(
+        None, description="traffic action settings, where the policy allows them"
     )
 
 
@@ -73,6 +90,7 @@ class AnalysisSpec:
     rollout: str | None
     revision: str | None
     overrides: dict[str, float]
+    traffic: dict[str, Any] | None = None
 
     def identity(self) -> str:
         """Two requests are identical when every field that shapes the computation or its
@@ -90,6 +108,7 @@ class AnalysisSpec:
                 "rollout": self.rollout,
                 "revision": self.revision,
                 "overrides": sorted(self.overrides.items()),
+                "traffic": self.traffic,
             },
             sort_keys=True,
         )
@@ -107,6 +126,7 @@ class AnalysisSpec:
             "rollout": self.rollout,
             "revision": self.revision,
             "overrides": self.overrides,
+            "traffic": self.traffic,
         }
 
     @classmethod
@@ -125,6 +145,7 @@ class AnalysisSpec:
             rollout=data.get("rollout"),
             revision=data.get("revision"),
             overrides=dict(data.get("overrides") or {}),
+            traffic=data.get("traffic"),
         )
 
 
@@ -173,6 +194,9 @@ def resolve(
     for name, value in request.overrides.items():
         if not math.isfinite(value):
             raise RequestError(f"overrides.{name}", "must be a finite number")
+    traffic = request.traffic.settings() if request.traffic else None
+    if traffic and not _allows_traffic_override(policy):
+        raise RequestError("traffic", f"policy {policy.name!r} does not allow per-request traffic")
     window_text = request.window or policy.window
     try:
         window = parse_duration(window_text)
@@ -205,7 +229,13 @@ def resolve(
         rollout=request.rollout,
         revision=request.revision,
         overrides=dict(request.overrides),
+        traffic=traffic,
     )
+
+
+def _allows_traffic_override(policy: Policy) -> bool:
+    traffic = policy.actions.get("traffic")
+    return isinstance(traffic, dict) and traffic.get("allow_request_override") is True
 
 
 _OVERRIDE_PREFIX = re.compile(r"^overrides\.(.+)$")

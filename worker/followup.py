@@ -83,6 +83,8 @@ class TrafficPolicy(BaseModel):
     on_fail: Literal["rollback", "none"] = "rollback"
     on_pass: StepUp | None = None
     dry_run: bool = False
+    # Lets a request name the VirtualService, namespace, routes or dry_run (its `traffic`).
+    allow_request_override: bool = False
 
     def target(self, result: dict[str, Any]) -> TrafficTarget:
         values = {
@@ -259,6 +261,8 @@ class Followup:
 
     def _traffic(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         traffic = self._actions_policy(result).traffic
+        if traffic is not None and traffic.allow_request_override and result.get("traffic"):
+            traffic = traffic.model_copy(update=result["traffic"])
         verdict = result.get("verdict")
         if traffic is None or self.kube is None:
             return []

@@ -160,3 +160,16 @@ def test_argo_rollouts_events_reach_chat_once(world):
     assert len(receivers.accepted("slack")) == 1
     assert "aborted" in json.dumps(receivers.accepted("slack")[0].body).lower()
     assert AUTH["Authorization"] not in json.dumps(receivers.accepted("generic")[0].body)
+
+
+def test_a_request_may_ask_for_a_dry_run_where_the_policy_allows(world):
+    stack, emulator, receivers, _ = world.parts
+    world.reset()
+    dry = body("13") | {"traffic": {"routes": ["primary"], "dry_run": True}}
+    with stack.client() as client:
+        assert client.post("/v1/analyze", json=dry).json()["verdict"] == "fail"
+    wait_for(lambda: receivers.accepted("generic"), 10, "the message")
+    action = receivers.accepted("generic")[0].body["actions"][0]
+    assert action["status"] == "dry_run"
+    assert emulator.requests_for("patch") == []
+    assert world.weights() == {"stable": 70, "canary": 30}

@@ -56,6 +56,7 @@ POLICIES = {
                     "routes": ["primary"],
                     "canary": {"host": "{service}", "subset": "canary"},
                     "stable": {"host": "{service}", "subset": "stable"},
+                    "allow_request_override": True,
                 },
                 "notify": {
                     "dashboard_url": "https://grafana.example.com/d/canary?var-svc={service}"

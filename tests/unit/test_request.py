@@ -16,6 +16,13 @@ policies:
     preset: istio
     window: 2m
     thresholds: {slo: 0.99}
+  steerable:
+    actions:
+      traffic:
+        virtual_service: "{service}"
+        canary: {host: checkout, subset: canary}
+        stable: {host: checkout, subset: stable}
+        allow_request_override: true
 """
 )
 GOOD = {
@@ -135,3 +142,17 @@ def test_promql_string_escapes_everything_that_could_end_the_literal():
     assert promql_string("back\\slash\nnl") == '"back\\\\slash\\nnl"'
     with pytest.raises(ValueError):
         promql_string("bell\x07")
+
+
+def test_per_request_traffic_only_where_the_policy_allows_it():
+    traffic = {"virtual_service": "checkout-vs", "routes": ["primary"], "dry_run": True}
+    assert field_of(GOOD | {"traffic": traffic}) == "traffic"
+    spec = resolved(policy="steerable", traffic=traffic)
+    assert spec.traffic == traffic
+    assert spec.identity() != resolved(policy="steerable").identity()
+    assert field_of(GOOD | {"policy": "steerable", "traffic": {"routes": ['a"b']}}) == (
+        "traffic.routes.0"
+    )
+    assert field_of(GOOD | {"policy": "steerable", "traffic": {"hosts": ["x"]}}) == (
+        "traffic.hosts"
+    )
