@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.exceptions
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -44,6 +45,7 @@ from webhooks.schemas import (
     EventAccepted,
     StoredAnalysis,
     answers,
+    inline_refs,
 )
 from webhooks.waiting import CompletionWaiter
 from worker import tracing
@@ -215,10 +217,11 @@ def create_app(settings: Settings | None = None) -> Any:
             state=status,
         )
 
+    request_schema = inline_refs(AnalyzeRequest.model_json_schema())
     body_doc = {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": AnalyzeRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": request_schema}},
         }
     }
     analyze_answers = answers(AnalysisAnswer, 400, 401, 408, 413, 422, 502, 503)
@@ -243,11 +246,11 @@ def create_app(settings: Settings | None = None) -> Any:
             {
                 "name": name,
                 "in": "query",
-                "required": name in AnalyzeRequest.model_json_schema()["required"],
+                "required": name in request_schema["required"],
                 "schema": schema,
             }
-            for name, schema in AnalyzeRequest.model_json_schema()["properties"].items()
-            if name != "overrides"
+            for name, schema in request_schema["properties"].items()
+            if name not in ("overrides", "traffic")  # GET: `overrides.NAME=value`; no traffic
         ]
     }
 
@@ -270,7 +273,11 @@ def create_app(settings: Settings | None = None) -> Any:
         dependencies=v1,
         responses=answers(StoredAnalysis, 401, 404, 422, 503),
     )
-    async def stored(analysis_id: str) -> JSONResponse:
+    async def stored(
+        analysis_id: str = FastAPIPath(
+            description="32 lowercase hex characters", pattern=ANALYSIS_ID.pattern
+        ),
+    ) -> JSONResponse:
         """A stored analysis (kept for `result_ttl_seconds`)."""
         if not ANALYSIS_ID.match(analysis_id):
             return error(422, "analysis_id", "must be 32 lowercase hex characters")

@@ -92,3 +92,22 @@ def answers(ok: type[BaseModel] | None, *codes: int) -> dict[int | str, dict[str
     for code in codes:
         documented[code] = {"model": ErrorBody, "description": meaning[code]}
     return documented
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its local `$defs` inlined, to embed it in the OpenAPI
+    document (where `#/$defs/…` would point nowhere)."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined

@@ -215,7 +215,8 @@ def test_fuzzing_the_documented_api_finds_no_server_error(hostile, mode):
             # No input to break (e.g. /healthz): nothing negative exists to send.
             assert mode is GenerationMode.NEGATIVE
             unbreakable.append(operation.path)
+    # Every /v1 operation takes input, so every one was fuzzed with broken input too.
     assert calls >= 50
-    assert "/v1/analyze" not in unbreakable
+    assert not [path for path in unbreakable if path.startswith("/v1/")], unbreakable
     # Whatever the fuzzer sent, PromQL only ever saw validated values as escaped literals.
     assert not any("vector(1)" in path for path in proxy.requests)
