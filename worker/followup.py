@@ -147,6 +147,7 @@ class Followup:
     prometheus_graph_url: str | None = None
     http: httpx.Client | None = None
     deliver_options: dict[str, Any] | None = None
+    kube_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         self._transition = self.redis.register_script(TRANSITION)
@@ -291,12 +292,19 @@ class Followup:
         }
         with tracing.span(f"traffic.{move}", **where):
             if move == "rollback":
-                record = istio_rollback(api, target, dry_run=traffic.dry_run)
+                record = istio_rollback(
+                    api, target, dry_run=traffic.dry_run, request_timeout=self.kube_timeout_seconds
+                )
             else:
                 assert traffic.on_pass is not None
                 step = traffic.on_pass
                 record = istio_step_up(
-                    api, target, step.step, step.max_weight, dry_run=traffic.dry_run
+                    api,
+                    target,
+                    step.step,
+                    step.max_weight,
+                    dry_run=traffic.dry_run,
+                    request_timeout=self.kube_timeout_seconds,
                 )
             tracing.set_attributes(
                 {"traffic.status": record.status, "traffic.attempts": record.attempts}
@@ -452,4 +460,5 @@ def build_followup(
         kube=kube,
         prometheus_graph_url=settings.prometheus_graph_url,
         http=httpx.Client(timeout=settings.notify_timeout_seconds),
+        kube_timeout_seconds=settings.kube_timeout_seconds,
     )

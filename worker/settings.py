@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     kube_in_cluster: bool = False
     kubeconfig: str | None = None
     kube_context: str | None = None
+    kube_timeout_seconds: float = Field(10.0, gt=0, le=120)  # per Kubernetes API request
     chat_targets_file: str | None = None
     prometheus_graph_url: str | None = None  # public Prometheus URL for links in messages
 

@@ -215,15 +215,23 @@ def test_prometheus_faults_never_pass(stack_factory, prometheus):
     assert "ConnectionError" in answer.json()["message"]
 
 
-@pytest.mark.parametrize(("status", "word"), [(409, "409"), (500, "500"), (403, "forbidden")])
+@pytest.mark.parametrize(
+    ("status", "word"),
+    [(409, "409"), (500, "500"), (403, "forbidden"), ("timeout", "time")],
+)
 def test_kubernetes_api_faults_give_a_failed_action_and_the_verdict(
     stack_factory, prometheus, tmp_path_factory, status, word
 ):
     world = start_actions_world(
-        stack_factory, prometheus.url, tmp_path_factory.mktemp("k8s"), f"faults-k8s-{status}"
-    )
+        stack_factory, prometheus.url, tmp_path_factory.mktemp("k8s"), f"faults-k8s-{status}",
+        settings={"ROLLOUT_ANALYZER_KUBE_TIMEOUT_SECONDS": "0.5"},
+    )  # fmt: skip
     try:
-        world.emulator.fail_next("patch", "*", status=status, times=None)
+        if status == "timeout":  # the API server stops answering in time
+            world.emulator.delay_next("get", "*", seconds=1.0, times=None)
+            world.emulator.delay_next("patch", "*", seconds=1.0, times=None)
+        else:
+            world.emulator.fail_next("patch", "*", status=status, times=None)
         with world.stack.client() as client:
             answer = client.post("/v1/analyze", json=body("11"))
         assert answer.json()["verdict"] == "fail"

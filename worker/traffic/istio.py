@@ -154,13 +154,30 @@ def api_client_from_settings(
     return api
 
 
-def rollback(api: client.ApiClient, target: TrafficTarget, dry_run: bool = False) -> ActionRecord:
+def rollback(
+    api: client.ApiClient,
+    target: TrafficTarget,
+    dry_run: bool = False,
+    request_timeout: float = 10.0,
+) -> ActionRecord:
     """Send all traffic of the target routes back to stable (canary weight 0)."""
-    return _shift(api, target, lambda _current: 0, "traffic.rollback", dry_run=dry_run)
+    return _shift(
+        api,
+        target,
+        lambda _current: 0,
+        "traffic.rollback",
+        dry_run=dry_run,
+        request_timeout=request_timeout,
+    )
 
 
 def step_up(
-    api: client.ApiClient, target: TrafficTarget, step: int, max_weight: int, dry_run: bool = False
+    api: client.ApiClient,
+    target: TrafficTarget,
+    step: int,
+    max_weight: int,
+    dry_run: bool = False,
+    request_timeout: float = 10.0,
 ) -> ActionRecord:
     """Raise each route's canary weight by `step`, capped at `max_weight`; never lowers it."""
     if step < 1 or not 0 <= max_weight <= 100:
@@ -171,6 +188,7 @@ def step_up(
         lambda current: max(current, min(current + step, max_weight)),
         "traffic.step",
         dry_run=dry_run,
+        request_timeout=request_timeout,
     )
 
 
