@@ -14,10 +14,6 @@ from celery import Celery, signals
 
 from worker.settings import Settings, get_settings
 from worker.store import Store
-from worker.task_names import ANALYZE_TASK
-
-__all__ = ["ANALYZE_TASK", "app", "make_celery", "worker_name", "worker_store"]
-
 
 log = logging.getLogger("rollout_analyzer.worker")
 
