@@ -199,6 +199,8 @@ class Policy(Strict):
 
     def with_overrides(self, overrides: dict[str, float]) -> Policy:
         """A copy with thresholds overridden; raises ValueError naming the override."""
+        if not overrides:
+            return self  # frozen: sharing is safe, and the hot path skips a validation
         known = set(Thresholds.model_fields)
         for name in overrides:
             if name not in known:
