@@ -12,6 +12,7 @@ from analysis.report import run_analysis
 from cli.output import (
     EXIT_CODES,
     Command,
+    SpecArgs,
     build_spec,
     emit_json,
     make_source,
@@ -34,14 +35,7 @@ from cli.output import (
 @click.option("--end", "-e", default=None, help="End of the window: RFC 3339, -10m, now.")
 @output_option
 def analyze(
-    service: str,
-    namespace: str | None,
-    canary: str,
-    baseline: str,
-    policy: str,
-    window: str | None,
-    overrides: tuple[str, ...],
-    policies_file: str | None,
+    spec_args: SpecArgs,
     prometheus: str | None,
     recording: str | None,
     end: str | None,
@@ -57,14 +51,7 @@ def analyze(
         --service checkout --namespace shop --canary 6d4f8b7c9a --baseline 5c8d7e6f4b --end -10m
     """
     spec = build_spec(
-        service=service,
-        namespace=namespace,
-        canary=canary,
-        baseline=baseline,
-        policy=policy,
-        window=window,
-        overrides=overrides,
-        policies_file=policies_file,
+        spec_args,
         end=end,
     )
     source = make_source(prometheus, recording)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar, cast
 
 import click
 import yaml
@@ -74,8 +76,30 @@ def user_errors(hint: str = "") -> Iterator[None]:
 # --- options ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SpecArgs:
+    """What every analysing command is told about the analysis (the webhook's request fields)."""
+
+    service: str
+    namespace: str | None
+    canary: str
+    baseline: str
+    policy: str
+    window: str | None
+    overrides: tuple[str, ...]
+    policies_file: str | None
+
+
 def spec_options(func: F) -> F:
-    """--service/--namespace/--canary/--baseline/--policy/--window/--override/--policies-file."""
+    """--service/--namespace/--canary/--baseline/--policy/--window/--override/--policies-file,
+    handed to the command as one `spec_args: SpecArgs`."""
+    names = [f.name for f in fields(SpecArgs)]
+
+    @functools.wraps(func)
+    def gathered(*args: Any, **kwargs: Any) -> Any:
+        spec_args = SpecArgs(**{name: kwargs.pop(name) for name in names})
+        return func(*args, spec_args=spec_args, **kwargs)
+
     options = [
         click.option("--service", "-s", required=True, help="Service label value, e.g. checkout."),
         click.option("--namespace", "-n", default=None, help="Namespace label value."),
@@ -98,8 +122,8 @@ def spec_options(func: F) -> F:
         ),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
+        gathered = option(gathered)
+    return cast(F, gathered)
 
 
 def source_options(func: F) -> F:
@@ -164,31 +188,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, float]:
     return overrides
 
 
-def build_spec(
-    *,
-    service: str,
-    namespace: str | None,
-    canary: str,
-    baseline: str,
-    policy: str,
-    window: str | None,
-    overrides: Sequence[str],
-    policies_file: str | None,
-    end: str | None = None,
-    now: float | None = None,
-) -> AnalysisSpec:
+def build_spec(args: SpecArgs, *, end: str | None = None, now: float | None = None) -> AnalysisSpec:
     """The same validation as the webhook's: parse_request then resolve."""
     body: dict[str, Any] = {
-        "service": service,
-        "canary": canary,
-        "baseline": baseline,
-        "policy": policy,
-        "overrides": parse_overrides(overrides),
+        "service": args.service,
+        "canary": args.canary,
+        "baseline": args.baseline,
+        "policy": args.policy,
+        "overrides": parse_overrides(args.overrides),
     }
-    for key, value in (("namespace", namespace), ("window", window), ("end", end)):
+    for key, value in (("namespace", args.namespace), ("window", args.window), ("end", end)):
         if value is not None:
             body[key] = value
-    policies = load_policies(policies_file)
+    policies = load_policies(args.policies_file)
     with user_errors():
         return resolve(parse_request(body), policies, now=now)
 

@@ -13,6 +13,7 @@ from analysis.sources.recording import Recording
 from cli.output import (
     CliError,
     Command,
+    SpecArgs,
     build_spec,
     make_source,
     parse_duration_option,
@@ -40,14 +41,7 @@ from cli.replay import observe_points, replay_times
 @click.option("--append", is_flag=True, help="Add to an existing recording (other services).")
 @click.option("--description", default="", help="Free text stored in the recording.")
 def record(
-    service: str,
-    namespace: str | None,
-    canary: str,
-    baseline: str,
-    policy: str,
-    window: str | None,
-    overrides: tuple[str, ...],
-    policies_file: str | None,
+    spec_args: SpecArgs,
     prometheus: str | None,
     start: str | None,
     end: str,
@@ -73,14 +67,7 @@ def record(
     first = last if start is None else math.floor(parse_time_option("--start", start, now))
     times = replay_times(first, last, step)
     spec = build_spec(
-        service=service,
-        namespace=namespace,
-        canary=canary,
-        baseline=baseline,
-        policy=policy,
-        window=window,
-        overrides=overrides,
-        policies_file=policies_file,
+        spec_args,
         end=format_time(last),
         now=now,
     )
@@ -104,8 +91,9 @@ def record(
         recording.save(target)
     trips = sum(o.round_trips for o in observations)
     click.echo(
-        f"recorded {len(observations)} points of {service} ({format_duration(spec.window_seconds)}"
-        f" windows, every {format_duration(step)}) from {format_time(first)} to "
+        f"recorded {len(observations)} points of {spec.service} "
+        f"({format_duration(spec.window_seconds)} windows, every {format_duration(step)}) "
+        f"from {format_time(first)} to "
         f"{format_time(last)} into {out}: {trips} PromQL round trip(s)"
     )
     if empty:

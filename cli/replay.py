@@ -30,6 +30,7 @@ from analysis.sources import MetricsSource
 from cli.output import (
     CliError,
     Command,
+    SpecArgs,
     build_spec,
     emit_json,
     hhmm,
@@ -321,14 +322,7 @@ EXIT_OF_PHASE = {"Successful": 0, "Running": 0, "Failed": 1, "Error": 1, "Inconc
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write .svg/.html.")
 @output_option
 def replay(
-    service: str,
-    namespace: str | None,
-    canary: str,
-    baseline: str,
-    policy: str,
-    window: str | None,
-    overrides: tuple[str, ...],
-    policies_file: str | None,
+    spec_args: SpecArgs,
     prometheus: str | None,
     recording: str | None,
     start: str,
@@ -381,14 +375,7 @@ def replay(
     last = math.floor(parse_time_option("--end", end, now))
     times = replay_times(first, last, step)
     spec = build_spec(
-        service=service,
-        namespace=namespace,
-        canary=canary,
-        baseline=baseline,
-        policy=policy,
-        window=window,
-        overrides=overrides,
-        policies_file=policies_file,
+        spec_args,
         end=format_time(last),
         now=now,
     )
