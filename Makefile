@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench system-deps clean
+.PHONY: demo test lint typecheck unit integration bench verdicts system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ unit: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(PY) -m tests.perf.bench
+
+# How often the verdicts are right, the way Argo asks (simulated rollouts; a few minutes).
+verdicts: $(STAMP)
+	$(PY) -m tests.perf.verdicts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -257,3 +257,68 @@ def mann_whitney_greater(canary: Sequence[Bucket], baseline: Sequence[Bucket]) -
     z = (u_canary - mean - 0.5) / math.sqrt(variance)
     p_value = 0.5 * math.erfc(z / math.sqrt(2))
     return MannWhitney(u=u_canary, z=z, p_value=_clamp_unit(p_value))
+
+
+@dataclass(frozen=True)
+class TailTable:
+    """Both sides' counts above one common bucket bound: the 2x2 table of a two-sample tail test.
+
+    The bound is a bucket boundary both histograms share, so every count is a whole bucket sum (no
+    interpolation). It is chosen from the *pooled* histogram, which treats the two sides alike:
+    when the canary is no different from the baseline, which requests are the canary's is then
+    still a fair draw from the pool, and the tests on this table keep their level.
+    """
+
+    bound: float
+    canary_above: float
+    canary_total: float
+    baseline_above: float
+    baseline_total: float
+
+
+def tail_table(q: float, canary: Sequence[Bucket], baseline: Sequence[Bucket]) -> TailTable | None:
+    """The table at the shared bound whose pooled share above is nearest ``1 - q``.
+
+    None when either side has no usable histogram (no +Inf bucket, no observations, NaN counts)
+    or the two share no finite bound.
+    """
+    c_normal, b_normal = _normalised(canary), _normalised(baseline)
+    if not (_usable(c_normal) and _usable(b_normal)):
+        return None
+    if any(math.isnan(n) for _, n in (*c_normal, *b_normal)):
+        return None
+    c_cum, b_cum = dict(c_normal), dict(b_normal)
+    bounds = sorted(le for le in c_cum.keys() & b_cum.keys() if math.isfinite(le))
+    if not bounds:
+        return None
+    c_total, b_total = c_normal[-1][1], b_normal[-1][1]
+    pooled_total = c_total + b_total
+    target = (1 - q) * pooled_total
+
+    def pooled_above(le: float) -> float:
+        return pooled_total - c_cum[le] - b_cum[le]
+
+    # Nearest in the pooled share; ties go to the higher bound (the tail proper).
+    best = min(bounds, key=lambda le: (abs(pooled_above(le) - target), -le))
+    return TailTable(best, c_total - c_cum[best], c_total, b_total - b_cum[best], b_total)
+
+
+def beyond_top_bound(q: float, buckets: Sequence[Bucket]) -> bool:
+    """True when the q-quantile's rank falls in the +Inf bucket (histogram_quantile then clamps
+    to the highest finite bound and can no longer tell a slow tail from a very slow one)."""
+    normal = _normalised(buckets)
+    if not _usable(normal):
+        return False
+    return normal[-2][1] < q * normal[-1][1]
+
+
+def count_above_bound(threshold: float, buckets: Sequence[Bucket]) -> float:
+    """Observations above the smallest bucket bound at or above ``threshold``: whole buckets only,
+    so never more than are truly above ``threshold`` (a test on it errs on the side of passing)."""
+    normal = _normalised(buckets)
+    if math.isnan(threshold) or not _usable(normal):
+        return math.nan
+    for le, cumulative in normal:
+        if le >= threshold:
+            return max(0.0, normal[-1][1] - cumulative)
+    return 0.0

@@ -101,8 +101,16 @@ class Thresholds(Strict):
     slo: float = Field(0.999, gt=0, lt=1, description="availability SLO, e.g. 0.999")
     slo_period_days: float = Field(30, gt=0, le=366)
     min_requests: float = Field(100, ge=1, le=1e12, description="per side, below it: inconclusive")
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level of every test")
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="false-fail rate of one look (all checks together)"
+    )
+    sequential_alpha: float = Field(
+        0.01, gt=0, lt=0.5, description="false-abort rate over all live polls of one canary"
+    )
     error_ratio_tolerance_pp: float = Field(0.1, ge=0, le=100, description="percentage points")
+    error_rate_ratio_tolerance: float = Field(
+        1.5, ge=1, le=1000, description="canary error ratio / baseline's; beyond pp OR this fails"
+    )
     latency_ratio_tolerance: float = Field(1.2, ge=1, le=1000)
     fast_burn: float = Field(14.4, gt=0, le=1e6, description="burn rate that fails at once")
     max_budget_spend: float = Field(0.02, gt=0, le=1, description="share of the period's budget")

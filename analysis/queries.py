@@ -42,24 +42,39 @@ class AnalysisQuery:
     baseline: str
 
 
-def build_query(spec: AnalysisSpec) -> AnalysisQuery:
-    """One expression: requests by (selector, status) `or` buckets by (selector, le).
+def build_query(spec: AnalysisSpec, seconds: float | None = None) -> AnalysisQuery:
+    """One expression: requests by (selector, status) `or` buckets by (selector, le), each the
+    count over the last `seconds` (default: the spec's window).
 
-    The two halves have disjoint label sets, so `or` returns every series of both: one round trip.
+    A count is the counter's value now minus its value `seconds` ago (`offset`): whole numbers,
+    exactly what arrived in between. `increase()` would extrapolate to the range's edges and
+    inflate a 1-minute interval's counts by up to a third (scrapes 15 s apart), and an exact test
+    on inflated counts over-rejects. `increase()` still answers for a series the difference
+    cannot serve: one that is new (absent `seconds` ago) or went down (a counter reset).
+    The halves have disjoint label sets, so `or` returns every series of both: one round trip.
     """
     conv = spec.policy.conventions
-    rng = format_duration(spec.window_seconds)
+    rng = format_duration(spec.window_seconds if seconds is None else seconds)
     sel = conv.selector_label
 
-    def increase(metric: str) -> str:
-        parts = [
+    def selectors(metric: str, suffix: str = "") -> str:
+        return " or ".join(
+            f"{metric}{_matchers(conv, spec, value)}{suffix}"
+            for value in (spec.canary, spec.baseline)
+        )
+
+    def counted(metric: str, by: str) -> str:
+        now = f"sum by ({sel}, {by}) ({selectors(metric)})"
+        before = f"sum by ({sel}, {by}) ({selectors(metric, f' offset {rng}')})"
+        increases = " or ".join(
             f"increase({metric}{_matchers(conv, spec, value)}[{rng}])"
             for value in (spec.canary, spec.baseline)
-        ]
-        return " or ".join(parts)
+        )
+        fallback = f"sum by ({sel}, {by}) ({increases})"
+        return f"(({now} - {before}) >= 0) or {fallback}"
 
-    requests = f"sum by ({sel}, {conv.status_label}) ({increase(conv.requests_metric)})"
-    buckets = f"sum by ({sel}, le) ({increase(conv.latency_bucket_metric)})"
+    requests = counted(conv.requests_metric, conv.status_label)
+    buckets = counted(conv.latency_bucket_metric, "le")
     return AnalysisQuery(f"{requests} or {buckets}", conv, spec.canary, spec.baseline)
 
 
@@ -78,11 +93,12 @@ def split_samples(
     buckets: dict[str, list[tuple[float, float]]] = {query.canary: [], query.baseline: []}
     for labels, value in samples:
         side = labels.get(conv.selector_label, "")
-        if side not in statuses or math.isnan(value):
+        if side not in statuses:
             continue
         if "le" in labels:
+            # A NaN bucket stays: Prometheus' histogram_quantile answers NaN for it, and so do we.
             buckets[side].append((_parse_le(labels["le"]) * conv.latency_unit_seconds, value))
-        else:
+        elif not math.isnan(value):
             code = labels.get(conv.status_label, "")
             statuses[side][code] = statuses[side].get(code, 0.0) + value
 

@@ -13,6 +13,7 @@ from analysis.durations import format_time
 from analysis.judge import Judgement, judge
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
+from analysis.sequential import SequentialJudgement
 from analysis.sources import MetricsSource
 
 
@@ -27,9 +28,17 @@ def clean(value: Any) -> Any:
     return value
 
 
-def report(spec: AnalysisSpec, observation: Observation, judgement: Judgement) -> dict[str, Any]:
+def report(
+    spec: AnalysisSpec,
+    observation: Observation,
+    judgement: Judgement,
+    sequence: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The answer body; `sequence` is given for a live poll, whose numbers are cumulative over
+    the canary's sequence (the window then runs from the sequence's start)."""
     c, b, budget = judgement.canary, judgement.baseline, judgement.budget
     end = observation.time
+    seconds = end - sequence["started_at"] if sequence else spec.window_seconds
     body = {
         "verdict": judgement.verdict,
         "score": judgement.score,
@@ -42,10 +51,11 @@ def report(spec: AnalysisSpec, observation: Observation, judgement: Judgement) -
         "revision": spec.revision,
         "policy": spec.policy.name,
         "traffic": spec.traffic,
+        "mode": "sequential" if sequence else "fixed",
         "window": {
-            "start": format_time(end - spec.window_seconds),
+            "start": format_time(end - seconds),
             "end": format_time(end),
-            "seconds": spec.window_seconds,
+            "seconds": seconds,
         },
         "requests": {"canary": c.total, "baseline": b.total},
         "errors": {"canary": c.errors, "baseline": b.errors},
@@ -74,6 +84,8 @@ def report(spec: AnalysisSpec, observation: Observation, judgement: Judgement) -
                 "baseline": ch.baseline,
                 "limit": ch.limit,
                 "p_value": ch.p_value,
+                "e_value": ch.e_value,
+                "threshold": ch.threshold,
                 "method": ch.method,
                 "reason": ch.reason,
             }
@@ -85,8 +97,32 @@ def report(spec: AnalysisSpec, observation: Observation, judgement: Judgement) -
             "queries": list(observation.queries),
         },
     }
+    if sequence:
+        body["sequence"] = sequence
     cleaned: dict[str, Any] = clean(body)
     return cleaned
+
+
+def live_report(
+    spec: AnalysisSpec, observation: Observation, result: SequentialJudgement, sequence_id: str
+) -> dict[str, Any]:
+    """The answer to one live poll: the verdict on everything the canary's sequence has seen."""
+    seq = result.sequence
+    interval_start = observation.time - observation.window_seconds
+    sequence = {
+        "id": sequence_id,
+        "started_at": seq.started_at,
+        "polls": seq.polls,
+        "new": seq.polls == 1 and observation.window_seconds > 0,
+        "alpha": spec.policy.thresholds.sequential_alpha,
+        "interval": {
+            "start": format_time(interval_start),
+            "end": format_time(observation.time),
+            "seconds": observation.window_seconds,
+        },
+        "history": seq.history[-20:],
+    }
+    return report(spec, observation, result.judgement, sequence)
 
 
 def run_analysis(

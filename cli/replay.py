@@ -24,8 +24,9 @@ from analysis.durations import format_duration, format_time, parse_time
 from analysis.judge import judge
 from analysis.observation import Observation
 from analysis.policy import quantile_label
-from analysis.report import report
+from analysis.report import live_report, report
 from analysis.request import AnalysisSpec
+from analysis.sequential import Poll, advance
 from analysis.sources import MetricsSource
 from cli.output import (
     CliError,
@@ -192,10 +193,36 @@ def replay_times(start: float, end: float, interval: float) -> list[float]:
 def observe_points(
     spec: AnalysisSpec, source: MetricsSource, times: list[float], interval: float
 ) -> list[Observation]:
-    """Every point's observation; a Prometheus source fetches them all in one range query."""
+    """Every point's whole window; a Prometheus source fetches them all in one range query."""
     if len(times) == 1:
         return [source.observe(spec, times[0], time.monotonic() + 60)]
     return source.observe_range(spec, times[0], times[-1], interval)
+
+
+def observe_polls(
+    spec: AnalysisSpec, source: MetricsSource, times: list[float], interval: float
+) -> list[Observation]:
+    """What a live sequence adds at each poll: the first poll's window, then each interval since
+    the poll before. Two round trips at most (the first window; one range query for the rest)."""
+    first = source.observe(spec, times[0], time.monotonic() + 60)
+    if len(times) == 1:
+        return [first]
+    rest = source.observe_range(spec, times[1], times[-1], interval, seconds=interval)
+    return [first, *rest]
+
+
+def judge_polls(spec: AnalysisSpec, observations: list[Observation]) -> list[dict[str, Any]]:
+    """Each poll judged as the live service would have: on the sequence up to it."""
+    reports = []
+    sequence = None
+    for observation in observations:
+        poll = Poll(
+            observation.time, observation.window_seconds, observation.canary, observation.baseline
+        )
+        result = advance(sequence, poll, spec.policy)
+        sequence = result.sequence
+        reports.append(live_report(spec, observation, result, "replay"))
+    return reports
 
 
 @dataclass
@@ -227,6 +254,7 @@ class Replay:
             "policy": self.spec.policy.name,
             "window_seconds": self.spec.window_seconds,
             "interval_seconds": self.interval,
+            "mode": self.reports[0].get("mode", "fixed") if self.reports else None,
             "start": self.reports[0]["window"]["end"] if self.reports else None,
             "end": self.reports[-1]["window"]["end"] if self.reports else None,
             "source": {
@@ -275,8 +303,15 @@ def run_replay(
     limits: ArgoLimits,
     *,
     progress: bool = False,
+    sequential: bool = True,
 ) -> Replay:
+    """Argo's measurements at `times`: by default as the live service answers them (one
+    sequence of evidence over the polls); `sequential=False` judges each window on its own."""
     began = time.perf_counter()
+    if sequential:
+        reports = judge_polls(spec, observe_polls(spec, source, times, interval))
+        outcome = assess([PHASE_OF_VERDICT[r["verdict"]] for r in reports], limits)
+        return Replay(spec, reports, limits, outcome, interval, time.perf_counter() - began)
     observations = observe_points(spec, source, times, interval)
     reports = []
     with click.progressbar(
@@ -320,6 +355,11 @@ EXIT_OF_PHASE = {"Successful": 0, "Running": 0, "Failed": 1, "Error": 1, "Inconc
 )
 @click.option("--metric", default=None, help="Which metric of --template (default: the first).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write .svg/.html.")
+@click.option(
+    "--fixed-windows",
+    is_flag=True,
+    help="Judge each point's window on its own instead of as the live service's sequence.",
+)
 @output_option
 def replay(
     spec_args: SpecArgs,
@@ -335,12 +375,16 @@ def replay(
     template_file: str | None,
     metric: str | None,
     plot: str | None,
+    fixed_windows: bool,
     output: str,
 ) -> None:
     """Replay Argo's measurements over a past period: timeline, where Argo stops, final phase.
 
-    All points come from one PromQL range query. Exit code: 0 Successful (or still running at
-    the end of the period), 1 Failed/Error, 2 Inconclusive, 3 error.
+    Each point is answered as the live service would have answered that poll: on the evidence
+    of the canary's sequence so far (the first window, then each interval since the poll
+    before). Two PromQL round trips (one with --fixed-windows, each point's window alone).
+    Exit code: 0 Successful (or still running at the end of the period), 1 Failed/Error,
+    2 Inconclusive, 3 error.
 
     \b
     Example:
@@ -386,7 +430,13 @@ def replay(
         )
     with user_errors(source_hint(prometheus, recording)):
         result = run_replay(
-            spec, source, times, step, limits, progress=output == "text" and sys.stderr.isatty()
+            spec,
+            source,
+            times,
+            step,
+            limits,
+            progress=output == "text" and sys.stderr.isatty(),
+            sequential=not fixed_windows,
         )
     data = result.to_json()
     if plot:

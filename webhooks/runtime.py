@@ -49,12 +49,14 @@ class InProcessDispatcher:
     def __init__(self, settings: Settings, store: Store) -> None:
         from worker.followup import build_followup
         from worker.jobs import execute
+        from worker.sequences import SequenceStore
 
         self._store = store
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="analysis")
         self._stop = threading.Event()
         followup = build_followup(settings, store.redis, self.submit)
         source, policies = settings.source(), settings.policies()
+        sequences = SequenceStore(store.redis, settings.key_prefix, settings.sequence_ttl_seconds)
 
         def analyze(analysis_id: str) -> str:
             return execute(
@@ -67,6 +69,7 @@ class InProcessDispatcher:
                 reuse_seconds=settings.reuse_seconds,
                 budget_seconds=settings.task_soft_time_limit - 1,
                 after=followup.on_verdict,
+                sequences=sequences,
             )
 
         self._tasks: dict[str, Callable[..., Any]] = {

@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from analysis.observation import Observation, SideCounts
 from analysis.policy import PolicySet
-from analysis.report import run_analysis
+from analysis.report import live_report, run_analysis
 from analysis.request import AnalysisSpec, RequestError
+from analysis.sequential import Poll, advance
 from analysis.sources import MetricsSource, SourceError
 from worker import tracing
+from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
 
 log = logging.getLogger("rollout_analyzer.worker")
@@ -44,6 +47,34 @@ def lease_kept(store: Store, analysis_id: str, worker: str, lease_seconds: float
         thread.join(timeout=1)
 
 
+def run_live(
+    spec: AnalysisSpec,
+    source: MetricsSource,
+    sequences: SequenceStore,
+    end: float,
+    deadline: float,
+) -> dict[str, Any]:
+    """One live poll: the interval since the canary's previous poll, added to its sequence.
+
+    One PromQL round trip (none when the poll adds no new time: a retry or a stale request).
+    The save is a compare-and-set: a poll that raced another re-reads and tries again.
+    """
+    seq_id = sequence_id(spec)
+    end = float(int(end))  # whole seconds: PromQL ranges and offsets take no fractions
+    for _ in range(3):
+        state, version = sequences.load(seq_id)
+        if state is not None and end - state.last_end < 1:
+            observation = Observation(end, 0.0, SideCounts(), SideCounts(), (), 0, source.name)
+        else:
+            seconds = spec.window_seconds if state is None else end - state.last_end
+            observation = source.observe(spec, end, deadline, seconds)
+        poll = Poll(end, observation.window_seconds, observation.canary, observation.baseline)
+        result = advance(state, poll, spec.policy)
+        if sequences.save(seq_id, result.sequence, version):
+            return live_report(spec, observation, result, seq_id)
+    raise SourceError("another poll of this canary kept changing its sequence; try again")
+
+
 def execute(
     store: Store,
     analysis_id: str,
@@ -55,6 +86,7 @@ def execute(
     reuse_seconds: float,
     budget_seconds: float,
     after: Callable[[dict[str, Any]], None] | None = None,
+    sequences: SequenceStore | None = None,
 ) -> str:
     """Compute and record one analysis; returns what happened (started/done/taken/…)."""
     state = store.start(analysis_id, worker, lease_seconds)
@@ -78,7 +110,10 @@ def execute(
             spec = AnalysisSpec.from_json(record["spec"], policies)
             end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
             with tracing.statistics_timed(source) as timed_source:
-                payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
+                if sequences is not None and spec.end is None:
+                    payload = run_live(spec, timed_source, sequences, end, deadline)
+                else:
+                    payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
         except (SourceError, RequestError, KeyError, ValueError) as exc:
             status = "error"
             payload = {"error": str(exc)[:1000]}

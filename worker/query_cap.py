@@ -122,15 +122,26 @@ class CappedSource:
         self.cap = cap
         self.name = inner.name
 
-    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
+    def observe(
+        self,
+        spec: AnalysisSpec,
+        end: float,
+        deadline: float | None = None,
+        seconds: float | None = None,
+    ) -> Observation:
         with self.cap.slot(deadline):
-            return self.inner.observe(spec, end, deadline)
+            return self.inner.observe(spec, end, deadline, seconds)
 
     def observe_range(
-        self, spec: AnalysisSpec, start: float, end: float, step: float
+        self,
+        spec: AnalysisSpec,
+        start: float,
+        end: float,
+        step: float,
+        seconds: float | None = None,
     ) -> list[Observation]:
         with self.cap.slot(None):
-            return self.inner.observe_range(spec, start, end, step)
+            return self.inner.observe_range(spec, start, end, step, seconds)
 
     def latest_time(self, spec: AnalysisSpec, now: float) -> float:
         return self.inner.latest_time(spec, now)

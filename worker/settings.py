@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     wait_seconds: float = Field(8.0, gt=0, le=120)
     reuse_seconds: float = Field(15.0, ge=0, le=3600)
     result_ttl_seconds: int = Field(86400, ge=60)
+    # A live canary's evidence outlives pauses between Argo's steps; unpolled this long, it ends.
+    sequence_ttl_seconds: float = Field(21600, ge=60, le=30 * 86400)
     # A running analysis whose worker stops renewing this lease is taken over by the next call.
     lease_seconds: float = Field(6.0, ge=1, le=300)
     # How long a queued analysis may wait for a worker before a new call starts afresh.

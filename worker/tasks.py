@@ -16,6 +16,7 @@ from worker.celery_app import worker_name, worker_store
 from worker.followup import Followup, build_followup
 from worker.jobs import execute
 from worker.query_cap import CappedSource, QueryCap, cap_key
+from worker.sequences import SequenceStore
 from worker.settings import get_settings
 from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
 
@@ -49,6 +50,12 @@ def followup() -> Followup:
     return build_followup(settings, worker_store().redis, enqueue)
 
 
+@lru_cache(maxsize=1)
+def _sequences() -> SequenceStore:
+    settings = get_settings()
+    return SequenceStore(worker_store().redis, settings.key_prefix, settings.sequence_ttl_seconds)
+
+
 @shared_task(name=ANALYZE_TASK, acks_late=True, reject_on_worker_lost=True)
 def analyze(analysis_id: str) -> str:
     settings = get_settings()
@@ -62,6 +69,7 @@ def analyze(analysis_id: str) -> str:
         reuse_seconds=settings.reuse_seconds,
         budget_seconds=settings.task_soft_time_limit - 1,
         after=followup().on_verdict,
+        sequences=_sequences(),
     )
 
 

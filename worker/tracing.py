@@ -267,16 +267,27 @@ class _TimedSource:
         self.name = source.name
         self.statistics: Span | None = None
 
-    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
-        observation = self._source.observe(spec, end, deadline)
+    def observe(
+        self,
+        spec: AnalysisSpec,
+        end: float,
+        deadline: float | None = None,
+        seconds: float | None = None,
+    ) -> Observation:
+        observation = self._source.observe(spec, end, deadline, seconds)
         if _tracer is not None:
             self.statistics = _tracer.start_span("analysis.statistics")
         return observation
 
     def observe_range(
-        self, spec: AnalysisSpec, start: float, end: float, step: float
+        self,
+        spec: AnalysisSpec,
+        start: float,
+        end: float,
+        step: float,
+        seconds: float | None = None,
     ) -> list[Observation]:
-        return self._source.observe_range(spec, start, end, step)
+        return self._source.observe_range(spec, start, end, step, seconds)
 
     def latest_time(self, spec: AnalysisSpec, now: float) -> float:
         return self._source.latest_time(spec, now)

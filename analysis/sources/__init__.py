@@ -15,14 +15,27 @@ class SourceError(RuntimeError):
 class MetricsSource(Protocol):
     name: str
 
-    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
-        """Both sides over the window ending at `end` (unix seconds); `deadline` is monotonic."""
+    def observe(
+        self,
+        spec: AnalysisSpec,
+        end: float,
+        deadline: float | None = None,
+        seconds: float | None = None,
+    ) -> Observation:
+        """Both sides over the `seconds` (default: the spec's window) ending at `end` (unix
+        seconds); `deadline` is monotonic."""
         ...
 
     def observe_range(
-        self, spec: AnalysisSpec, start: float, end: float, step: float
+        self,
+        spec: AnalysisSpec,
+        start: float,
+        end: float,
+        step: float,
+        seconds: float | None = None,
     ) -> list[Observation]:
-        """One observation per `step` from `start` to `end` (for replays)."""
+        """One observation per `step` from `start` to `end` (for replays), each over `seconds`
+        (default: the spec's window)."""
         ...
 
     def latest_time(self, spec: AnalysisSpec, now: float) -> float:

@@ -95,20 +95,34 @@ class PrometheusSource:
             raise SourceError(f"{what} failed: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
-        query = build_query(spec)
+    def observe(
+        self,
+        spec: AnalysisSpec,
+        end: float,
+        deadline: float | None = None,
+        seconds: float | None = None,
+    ) -> Observation:
+        span = spec.window_seconds if seconds is None else seconds
+        query = build_query(spec, span)
         series = self._call(
             "the analysis query",
             deadline,
             lambda t: self._client.custom_query(query.expr, params={"time": end}, timeout=t),
         )
         canary, baseline = parse_vector(query, series)
-        return Observation(end, spec.window_seconds, canary, baseline, (query.expr,), 1, self.name)
+        return Observation(end, span, canary, baseline, (query.expr,), 1, self.name)
 
     def observe_range(
-        self, spec: AnalysisSpec, start: float, end: float, step: float
+        self,
+        spec: AnalysisSpec,
+        start: float,
+        end: float,
+        step: float,
+        seconds: float | None = None,
     ) -> list[Observation]:
-        query = build_query(spec)
+        """Every `step` from `start` to `end`, each over `seconds` (default: the spec's window)."""
+        span = spec.window_seconds if seconds is None else seconds
+        query = build_query(spec, span)
         params = {"query": query.expr, "start": start, "end": end, "step": step}
 
         def fetch(timeout: float) -> Any:
@@ -140,9 +154,7 @@ class PrometheusSource:
             # The whole replay cost one round trip; it is booked on the first point.
             trips = 1 if i == 0 else 0
             observations.append(
-                Observation(
-                    ts, spec.window_seconds, canary, baseline, (query.expr,), trips, self.name
-                )
+                Observation(ts, span, canary, baseline, (query.expr,), trips, self.name)
             )
         return observations
 

@@ -97,6 +97,12 @@ class Recording:
         return sorted(self._series, key=lambda k: tuple(str(x) for x in k))
 
 
+def scaled(side: SideCounts, factor: float) -> SideCounts:
+    statuses = {code: round(n * factor) for code, n in side.requests_by_status.items()}
+    buckets = tuple((le, float(round(n * factor))) for le, n in side.latency_buckets)
+    return SideCounts({k: float(v) for k, v in statuses.items()}, buckets)
+
+
 class RecordingSource:
     name = "recording"
 
@@ -111,13 +117,29 @@ class RecordingSource:
         times = self.recording.times(spec)
         return times[-1] if times else now
 
-    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
+    def observe(
+        self,
+        spec: AnalysisSpec,
+        end: float,
+        deadline: float | None = None,
+        seconds: float | None = None,
+    ) -> Observation:
+        """A recording holds whole windows; a shorter interval is read as the same rates over
+        that interval (a recording is a stationary picture of its time)."""
         canary = self.recording.side_at(spec, spec.canary, end)
         baseline = self.recording.side_at(spec, spec.baseline, end)
-        return Observation(end, spec.window_seconds, canary, baseline, (), 0, self.name)
+        span = spec.window_seconds if seconds is None else seconds
+        if span != spec.window_seconds:
+            canary, baseline = (scaled(s, span / spec.window_seconds) for s in (canary, baseline))
+        return Observation(end, span, canary, baseline, (), 0, self.name)
 
     def observe_range(
-        self, spec: AnalysisSpec, start: float, end: float, step: float
+        self,
+        spec: AnalysisSpec,
+        start: float,
+        end: float,
+        step: float,
+        seconds: float | None = None,
     ) -> list[Observation]:
         steps = round((end - start) / step) + 1
-        return [self.observe(spec, start + i * step) for i in range(steps)]
+        return [self.observe(spec, start + i * step, seconds=seconds) for i in range(steps)]

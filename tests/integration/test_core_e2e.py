@@ -20,6 +20,8 @@ POLICIES = """
 policies:
   istio:
     preset: istio
+  live:
+    preset: http
 """
 
 
@@ -98,7 +100,8 @@ def test_argo_sees_the_expected_phase(stack, prometheus, name, method):
 
 def test_the_answer_has_every_documented_field(stack, prometheus):
     with stack.client() as client:
-        result = client.post("/v1/analyze", json=body_for(prometheus, "errors")).json()
+        body = body_for(prometheus, "errors", end=pinned_end())
+        result = client.post("/v1/analyze", json=body).json()
     assert set(result) >= {
         "verdict", "score", "analysis_id", "reasons", "window", "requests", "metrics", "checks",
     }  # fmt: skip
@@ -141,9 +144,11 @@ def test_quantiles_equal_prometheus_histogram_quantile(stack, prometheus, name):
     for side in ("canary", "baseline"):
         selector = getattr(scenario, side).selector
         for label, q in (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)):
+            series = f'{metric}{{{labels},rollouts_pod_template_hash="{selector}"}}'
+            # The same bucket vector as ours: the counters now minus 5 minutes ago.
             expr = (
-                f"histogram_quantile({q}, sum by (le) (increase({metric}"
-                f'{{{labels},rollouts_pod_template_hash="{selector}"}}[5m])))'
+                f"histogram_quantile({q}, sum by (le) ({series}) - "
+                f"sum by (le) ({series} offset 5m))"
             )
             answer = httpx.get(
                 f"{prometheus.url}/api/v1/query", params={"query": expr, "time": end}
@@ -393,3 +398,54 @@ def test_a_killed_worker_is_replaced_by_the_next_call(stack_factory, prometheus)
         assert answer.status_code == 200
         assert answer.json()["verdict"] == "fail"
         assert answer.json()["analysis_id"] != first.json()["analysis_id"]
+
+
+def live_poll(client, web: WebProvider):
+    return measure(client, web, 'result == "pass"', 'result == "fail"')
+
+
+@pytest.mark.parametrize(
+    "name,phases",
+    [("good", ["Successful"] * 5), ("errors", ["Failed"] * 5)],
+)
+def test_five_live_polls_without_end_follow_one_sequence(stack, prometheus, name, phases):
+    """As Argo asks: the same URL (no `end`) five times. Each poll adds only what arrived since
+    the poll before to the canary's sequence; the verdict is on all of it; a failure stays."""
+    payload = body_for(prometheus, name, policy="live")
+    web = WebProvider(url=f"{stack.url}/v1/analyze?{urlencode(payload)}", method="GET")
+    web.headers = [("Authorization", f"Bearer {TOKEN}")]
+    web.json_path = "{$.verdict}"
+    seen, answers = [], []
+    with httpx.Client() as client:
+        for poll in range(5):
+            if poll:
+                time.sleep(2.5)  # past the 2 s reuse window: a new measurement each time
+            seen.append(live_poll(client, web).phase.value)
+            answers.append(client.get(web.url, headers=AUTH).json())
+    assert seen == phases
+    polls = [a["sequence"]["polls"] for a in answers]
+    assert polls == sorted(polls) and polls[0] == 1 and polls[-1] >= 3
+    assert {a["mode"] for a in answers} == {"sequential"}
+    assert len({a["sequence"]["id"] for a in answers}) == 1
+    assert len({a["window"]["start"] for a in answers}) == 1  # evidence since the first poll
+    first, last = answers[0]["sequence"], answers[-1]["sequence"]
+    assert first["new"] is True and last["new"] is False
+    assert first["interval"]["seconds"] == 300 and last["interval"]["seconds"] < 30
+    assert answers[-1]["requests"]["canary"] > answers[0]["requests"]["canary"]
+    assert all(a["source"]["round_trips"] <= 1 for a in answers)
+    if name == "errors":
+        failed = [c for c in answers[-1]["checks"] if c["verdict"] == "fail"]
+        assert failed and all(c["e_value"] >= c["threshold"] for c in failed)
+        assert any("failed at poll 1" in r for r in answers[-1]["reasons"])
+
+
+def test_a_look_at_a_past_window_does_not_touch_the_live_sequence(stack, prometheus):
+    live = body_for(prometheus, "latency", policy="live")
+    with stack.client() as client:
+        first = client.post("/v1/analyze", json=live).json()
+        past = client.post("/v1/analyze", json=live | {"end": pinned_end(600)}).json()
+        time.sleep(2.5)
+        second = client.post("/v1/analyze", json=live).json()
+    assert past["mode"] == "fixed" and "sequence" not in past
+    assert all(c["p_value"] is not None for c in past["checks"] if c["name"].endswith("regression"))
+    assert first["sequence"]["polls"] == 1 and second["sequence"]["polls"] == 2

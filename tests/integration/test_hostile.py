@@ -80,8 +80,8 @@ GOOD = {"service": "good", "namespace": "shop", "canary": "6d4f8b7c9a", "baselin
         ({"window": "99999999999999999999h"}, "window"),
         ({"end": "0001-01-01T00:00:00Z"}, "end"),
         ({"end": "1e30"}, "end"),
-        ({"service": "ｇｏｏｄ"}, "service"),  # full-width look-alikes  # noqa: RUF001
-        ({"canary": "6d4f8b7c9а"}, "canary"),  # Cyrillic a  # noqa: RUF001
+        ({"service": "ｇｏｏｄ"}, "service"),  # full-width look-alikes
+        ({"canary": "6d4f8b7c9а"}, "canary"),  # Cyrillic a
         ({"service": "good\u202e"}, "service"),  # bidi override
         ({"policy": "../../etc/passwd"}, "policy"),
         ({"overrides": {"x" * 41: 1}}, "overrides.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),

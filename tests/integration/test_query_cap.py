@@ -100,11 +100,11 @@ class _Slow:
         self.cap = cap
         self.seen_holders: list[int] = []
 
-    def observe(self, spec, end, deadline=None):
+    def observe(self, spec, end, deadline=None, seconds=None):
         self.seen_holders.append(self.cap.holders())
         return Observation(end, 300, SideCounts(), SideCounts())
 
-    def observe_range(self, spec, start, end, step):
+    def observe_range(self, spec, start, end, step, seconds=None):
         self.seen_holders.append(self.cap.holders())
         return []
 

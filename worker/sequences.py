@@ -1,0 +1,68 @@
+"""Where each live canary's evidence waits between polls: one Redis hash per canary sequence.
+
+A canary is known by what Argo sends on every poll (namespace, service, canary and baseline
+hashes, policy, overrides), so the next analysis step of the same canary continues its sequence.
+The hash holds the JSON state and a version; a save succeeds only over the version it read
+(compare-and-set in one Lua script), so two polls racing cannot both add their interval. The key
+carries a hash tag: one key per script, Redis Cluster-safe. A sequence not polled for
+`ttl_seconds` expires; the next poll starts a new one and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import redis
+
+from analysis.request import AnalysisSpec
+from analysis.sequential import Sequence
+
+SAVE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', current + 1, 'state', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def sequence_id(spec: AnalysisSpec) -> str:
+    canonical = json.dumps(
+        [
+            spec.namespace,
+            spec.service,
+            spec.canary,
+            spec.baseline,
+            spec.policy.name,
+            sorted(spec.overrides.items()),
+        ]
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+class SequenceStore:
+    def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: float) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._save = client.register_script(SAVE)
+
+    def key(self, seq_id: str) -> str:
+        return f"{self.prefix}seq:{{{seq_id}}}"
+
+    def load(self, seq_id: str) -> tuple[Sequence | None, int]:
+        raw: dict[Any, Any] = self.redis.hgetall(self.key(seq_id))  # type: ignore[assignment]
+        if not raw:
+            return None, 0
+        fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+        return Sequence.from_json(json.loads(fields["state"])), int(fields["version"])
+
+    def save(self, seq_id: str, sequence: Sequence, version: int) -> bool:
+        state = json.dumps(sequence.to_json(), allow_nan=False, default=_finite)
+        return bool(self._save(keys=[self.key(seq_id)], args=[version, state, self.ttl_ms]))
+
+
+def _finite(value: Any) -> Any:
+    raise TypeError(f"cannot store {type(value).__name__} in a sequence")
