@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from analysis.budget import ErrorBudget
+from analysis.durations import parse_duration
 from analysis.histogram import count_above_bound, share_above, tail_table
 from analysis.judge import (
     Check,
@@ -92,6 +93,9 @@ class Sequence:
     baseline: SideCounts = field(default_factory=SideCounts)
     evidence: dict[str, Evidence] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The intervals within the policy's window of the newest poll: a regression that starts late
+    # in a long sequence shows in them before the whole sequence's average moves.
+    recent: list[Poll] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,15 @@ class Sequence:
                 for name, ev in self.evidence.items()
             },
             "history": self.history,
+            "recent": [
+                {
+                    "end": p.end,
+                    "seconds": p.seconds,
+                    "canary": p.canary.to_json(),
+                    "baseline": p.baseline.to_json(),
+                }
+                for p in self.recent
+            ],
         }
 
     @classmethod
@@ -130,6 +143,15 @@ class Sequence:
                 for name, ev in (data.get("evidence") or {}).items()
             },
             history=list(data.get("history") or []),
+            recent=[
+                Poll(
+                    float(p["end"]),
+                    float(p["seconds"]),
+                    SideCounts.from_json(p["canary"]),
+                    SideCounts.from_json(p["baseline"]),
+                )
+                for p in data.get("recent") or []
+            ],
         )
 
 
@@ -318,7 +340,12 @@ def advance(sequence: Sequence | None, poll: Poll, policy: Policy) -> Sequential
     seq = (
         Sequence(started_at=poll.end - poll.seconds, last_end=poll.end - poll.seconds)
         if sequence is None
-        else replace(sequence, evidence=dict(sequence.evidence), history=list(sequence.history))
+        else replace(
+            sequence,
+            evidence=dict(sequence.evidence),
+            history=list(sequence.history),
+            recent=list(sequence.recent),
+        )
     )
     fresh = poll.end > seq.last_end
     interval = poll if fresh else Poll(seq.last_end, 0.0, SideCounts(), SideCounts())
@@ -328,12 +355,20 @@ def advance(sequence: Sequence | None, poll: Poll, policy: Policy) -> Sequential
         seq.baseline = add_counts(seq.baseline, interval.baseline)
         seq.polls += 1
         seq.last_end = poll.end
+        horizon = poll.end - parse_duration(policy.window)
+        seq.recent = [p for p in (*seq.recent, poll) if p.end > horizon]
     c, b = side_stats(seq.canary, policy), side_stats(seq.baseline, policy)
+    rc, rb = (side_stats(_summed(seq.recent, side), policy) for side in ("canary", "baseline"))
     steps = _steps(interval, pc, pb, c, b, policy)
+    lately = _steps(interval, pc, pb, rc, rb, policy)
     alpha_each = t.sequential_alpha / max(1, len(steps))
     threshold = 1 / alpha_each
     checks: list[Check] = []
-    for step in steps:
+    for step, late in zip(steps, lately, strict=True):
+        if late.beyond and not step.beyond:
+            step = replace(
+                step, beyond=True, estimate=f"over the last {policy.window}: {late.estimate}"
+            )
         old = seq.evidence.get(step.name)
         ev = (
             Evidence([0.0] * len(step.log_lrs))
@@ -403,6 +438,13 @@ def advance(sequence: Sequence | None, poll: Poll, policy: Policy) -> Sequential
     if fresh:
         seq.history = [*seq.history, summary][-HISTORY_KEPT:]
     return SequentialJudgement(judgement, seq, summary)
+
+
+def _summed(polls: list[Poll], side: str) -> SideCounts:
+    total = SideCounts()
+    for poll in polls:
+        total = add_counts(total, getattr(poll, side))
+    return total
 
 
 def _canary_went_quiet(pc: SideStats, pb: SideStats, c: SideStats, b: SideStats) -> bool:

@@ -81,17 +81,22 @@ def record(
             recording = Recording.load(target)
     with user_errors(source_hint(prometheus, None)):
         observations = observe_points(spec, source, times, step)
+        if len(times) > 1:  # and what each poll adds to a live sequence, for sequential replays
+            observations += source.observe_range(spec, times[1], times[-1], step, seconds=step)
     empty = 0
+    windows = 0
     for observation in observations:
         recording.add(spec, observation)
-        empty += not (observation.canary.has_data or observation.baseline.has_data)
+        if observation.window_seconds == spec.window_seconds:
+            windows += 1
+            empty += not (observation.canary.has_data or observation.baseline.has_data)
     if description:
         recording.description = description
     with user_errors(f"cannot write {out}"):
         recording.save(target)
     trips = sum(o.round_trips for o in observations)
     click.echo(
-        f"recorded {len(observations)} points of {spec.service} "
+        f"recorded {windows} points of {spec.service} "
         f"({format_duration(spec.window_seconds)} windows, every {format_duration(step)}) "
         f"from {format_time(first)} to "
         f"{format_time(last)} into {out}: {trips} PromQL round trip(s)"

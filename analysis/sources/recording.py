@@ -53,7 +53,7 @@ class Recording:
         sides = ((spec.canary, observation.canary), (spec.baseline, observation.baseline))
         for selector, side in sides:
             if side.has_data:
-                key = (spec.service, spec.namespace, selector, spec.window_seconds)
+                key = (spec.service, spec.namespace, selector, observation.window_seconds)
                 self._series.setdefault(key, []).append((observation.time, side))
                 self._series[key].sort(key=lambda p: p[0])
 
@@ -77,14 +77,24 @@ class Recording:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
 
-    def side_at(self, spec: AnalysisSpec, selector: str, end: float) -> SideCounts:
-        """The latest point at or before `end`, if it is younger than the window; else no data."""
-        points = self._series.get((spec.service, spec.namespace, selector, spec.window_seconds), [])
+    def side_at(
+        self, spec: AnalysisSpec, selector: str, end: float, seconds: float | None = None
+    ) -> SideCounts:
+        """The latest point over `seconds` (default: the spec's window) at or before `end`, if it
+        is younger than that span; else no data."""
+        span = spec.window_seconds if seconds is None else seconds
+        points = self._series.get((spec.service, spec.namespace, selector, span), [])
         i = bisect.bisect_right([t for t, _ in points], end + 1e-6)
         if i == 0:
             return SideCounts()
         ts, side = points[i - 1]
-        return side if end - ts < spec.window_seconds else SideCounts()
+        return side if end - ts < span else SideCounts()
+
+    def has_span(self, spec: AnalysisSpec, seconds: float) -> bool:
+        return any(
+            (spec.service, spec.namespace, selector, seconds) in self._series
+            for selector in (spec.canary, spec.baseline)
+        )
 
     def times(self, spec: AnalysisSpec) -> list[float]:
         found: set[float] = set()
@@ -98,6 +108,8 @@ class Recording:
 
 
 def scaled(side: SideCounts, factor: float) -> SideCounts:
+    if factor == 1:
+        return side
     statuses = {code: round(n * factor) for code, n in side.requests_by_status.items()}
     buckets = tuple((le, float(round(n * factor))) for le, n in side.latency_buckets)
     return SideCounts({k: float(v) for k, v in statuses.items()}, buckets)
@@ -124,13 +136,16 @@ class RecordingSource:
         deadline: float | None = None,
         seconds: float | None = None,
     ) -> Observation:
-        """A recording holds whole windows; a shorter interval is read as the same rates over
-        that interval (a recording is a stationary picture of its time)."""
-        canary = self.recording.side_at(spec, spec.canary, end)
-        baseline = self.recording.side_at(spec, spec.baseline, end)
+        """The recorded counts over `seconds` when the recording holds that span (`record` keeps
+        windows and intervals); otherwise its window read as the same rates over `seconds`."""
         span = spec.window_seconds if seconds is None else seconds
-        if span != spec.window_seconds:
-            canary, baseline = (scaled(s, span / spec.window_seconds) for s in (canary, baseline))
+        if self.recording.has_span(spec, span):
+            canary = self.recording.side_at(spec, spec.canary, end, span)
+            baseline = self.recording.side_at(spec, spec.baseline, end, span)
+        else:
+            factor = span / spec.window_seconds
+            canary = scaled(self.recording.side_at(spec, spec.canary, end), factor)
+            baseline = scaled(self.recording.side_at(spec, spec.baseline, end), factor)
         return Observation(end, span, canary, baseline, (), 0, self.name)
 
     def observe_range(

@@ -122,11 +122,18 @@ def test_identity_ignores_nothing_that_shapes_the_answer():
 def test_one_expression_with_only_escaped_literals():
     spec = resolved()
     expr = build_query(spec).expr
-    assert expr.count('rollouts_pod_template_hash="6d4f8b7c9a"') == 2
-    assert expr.count('rollouts_pod_template_hash="5c8d7e6f4b"') == 2
-    assert "[5m]" in expr and "=~" not in expr
+    # Each side in each half: now, `offset` the window, and increase() for new or reset series.
+    assert expr.count('rollouts_pod_template_hash="6d4f8b7c9a"') == 6
+    assert expr.count('rollouts_pod_template_hash="5c8d7e6f4b"') == 6
+    assert expr.count(" offset 5m") == 4 and expr.count("[5m])") == 4
+    assert "=~" not in expr
     assert "sum by (rollouts_pod_template_hash, code)" in expr
     assert "sum by (rollouts_pod_template_hash, le)" in expr
+
+
+def test_a_live_interval_is_counted_over_its_own_length():
+    expr = build_query(resolved(), 60).expr
+    assert expr.count(" offset 1m") == 4 and "[5m]" not in expr and "[1m]" in expr
 
 
 def test_istio_preset_names_and_fixed_matchers():
