@@ -379,9 +379,12 @@ def advance(sequence: Sequence | None, poll: Poll, policy: Policy) -> Sequential
             ev.log_lr = [a + d for a, d in zip(ev.log_lr, step.log_lrs, strict=True)]
             ev.peak = max(ev.peak, ev.log_e())
         crossed = ev.peak >= math.log(threshold)
+        peak = "" if ev.peak <= ev.log_e() + 1e-9 else f" (peak {_e_text(ev.peak)[8:]})"
+        relation = "≥" if ev.log_e() >= math.log(threshold) else "<"
+        polls = f"{seq.polls} poll{'' if seq.polls == 1 else 's'}"
         evidence = (
-            f"{_e_text(ev.log_e())} (peak {_e_text(ev.peak)[8:]}) vs threshold {threshold:.3g} "
-            f"= 1/(α {t.sequential_alpha:g} / {len(steps)} checks) over {seq.polls} polls"
+            f"{_e_text(ev.log_e())}{peak} {relation} threshold {threshold:.3g} "
+            f"= 1/(α {t.sequential_alpha:g} / {len(steps)} checks) over {polls}"
         )
         if ev.failed_at is None and crossed and step.beyond and fresh:
             ev.failed_at = seq.polls
@@ -411,7 +414,9 @@ def advance(sequence: Sequence | None, poll: Poll, policy: Policy) -> Sequential
         )
     budget = budget_of(c, b, policy, max(seq.last_end - seq.started_at, 1.0))
     checks.extend(_budget_spend(c, b, budget, policy))
-    missing = starved(c, b, policy, f"since the sequence began ({seq.polls} polls)")
+    missing = starved(
+        c, b, policy, f"since the sequence began ({seq.polls} poll{'' if seq.polls == 1 else 's'})"
+    )
     if not missing and fresh and _canary_went_quiet(pc, pb, c, b):
         missing = [
             f"the canary served no requests in the last {interval.seconds:g} s, while the "
