@@ -74,6 +74,9 @@ def report(
                 "budget_delta": budget.budget_delta,
             },
         },
+        # Cumulative counts per bucket bound, as Prometheus keeps them: the report page draws
+        # the two latency distributions from these.
+        "histograms": {"canary": _buckets(c.buckets), "baseline": _buckets(b.buckets)},
         "checks": [
             {
                 "name": ch.name,
@@ -123,6 +126,10 @@ def live_report(
         "history": seq.history[-20:],
     }
     return report(spec, observation, result.judgement, sequence)
+
+
+def _buckets(buckets: tuple[tuple[float, float], ...]) -> dict[str, float]:
+    return {("+Inf" if math.isinf(le) else repr(le)): count for le, count in buckets}
 
 
 def run_analysis(

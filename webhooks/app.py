@@ -47,8 +47,10 @@ from webhooks.schemas import (
     answers,
     inline_refs,
 )
+from webhooks.ui import ui_router
 from webhooks.waiting import CompletionWaiter
 from worker import tracing
+from worker.report_links import report_url
 from worker.settings import Settings, get_settings
 from worker.task_names import ANALYZE_TASK, ARGO_EVENT_TASK
 
@@ -94,6 +96,10 @@ def create_app(settings: Settings | None = None) -> Any:
     def runtime() -> Runtime:
         rt: Runtime = state["runtime"]
         return rt
+
+    def page_of(request: Request, analysis_id: str) -> str:
+        """Where a person reads this analysis (`report_url` in every answer)."""
+        return report_url(settings.public_url or str(request.base_url), analysis_id)
 
     async def authorized(request: Request) -> None:
         if settings.api_token is None:
@@ -192,7 +198,8 @@ def create_app(settings: Settings | None = None) -> Any:
                     timing.get("duration_seconds", 0), exemplar=tracing.exemplar()
                 )
                 metrics.queue_wait.observe(timing.get("queue_wait_seconds", 0))
-            body = json.dumps(result, separators=(",", ":")).encode()
+            answer = {**result, "report_url": page_of(request, claim.analysis_id)}
+            body = json.dumps(answer, separators=(",", ":")).encode()
             finished = (result.get("timing") or {}).get("finished_at", 0.0)
             left = finished + settings.reuse_seconds - time.time()
             if spec.end is None and left > 0:
@@ -207,7 +214,13 @@ def create_app(settings: Settings | None = None) -> Any:
         if status == "error":
             detail = record.get("error") if record else None
             message = detail.get("error") if isinstance(detail, dict) else str(detail)
-            return error(502, "metrics", str(message), analysis_id=claim.analysis_id)
+            return error(
+                502,
+                "metrics",
+                str(message),
+                analysis_id=claim.analysis_id,
+                report_url=page_of(request, claim.analysis_id),
+            )
         metrics.pending.inc()
         return error(
             503,
@@ -215,6 +228,7 @@ def create_app(settings: Settings | None = None) -> Any:
             f"not finished within {settings.wait_seconds:g} s; the next call gets its result",
             analysis_id=claim.analysis_id,
             state=status,
+            report_url=page_of(request, claim.analysis_id),
         )
 
     request_schema = inline_refs(AnalyzeRequest.model_json_schema())
@@ -274,6 +288,7 @@ def create_app(settings: Settings | None = None) -> Any:
         responses=answers(StoredAnalysis, 401, 404, 422, 503),
     )
     async def stored(
+        request: Request,
         analysis_id: str = FastAPIPath(
             description="32 lowercase hex characters", pattern=ANALYSIS_ID.pattern
         ),
@@ -295,6 +310,7 @@ def create_app(settings: Settings | None = None) -> Any:
         except STORE_ERRORS:
             actions = []
         record["actions"] = [json.loads(a) for a in actions]
+        record["report_url"] = page_of(request, analysis_id)
         return JSONResponse(record)
 
     @app.post(
@@ -363,6 +379,7 @@ def create_app(settings: Settings | None = None) -> Any:
             return Response(content, media_type=OPENMETRICS_CONTENT_TYPE)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(ui_router(settings, lambda: runtime().client, policies))
     observed = Observe(app, metrics)
     return BodyLimit(observed, settings.max_body_bytes, settings.body_timeout_seconds)
 

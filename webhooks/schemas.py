@@ -56,6 +56,7 @@ class AnalysisAnswer(BaseModel):
     requests: Sides
     metrics: Metrics
     checks: list[Check]
+    report_url: str | None = None  # the analysis page for people (/ui/analyses/{id})
 
 
 class StoredAnalysis(BaseModel):
@@ -64,6 +65,7 @@ class StoredAnalysis(BaseModel):
     status: Literal["queued", "running", "done", "error", "superseded"]
     result: dict[str, Any] | None = None
     actions: list[dict[str, Any]]
+    report_url: str | None = None
 
 
 class EventAccepted(BaseModel):

@@ -26,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from analysis.durations import format_time
 from analysis.policy import PolicySet
 from worker import tracing
+from worker.history import History, rollout_key
 from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import deliver, severity_allows
 from worker.notify.message import Notification
 from worker.notify.providers import ChatTarget
+from worker.report_links import report_url
 from worker.task_names import ACT_TASK, NOTIFY_TASK
 from worker.traffic.istio import Destination, TrafficTarget, api_client_from_settings
 from worker.traffic.istio import rollback as istio_rollback
@@ -126,14 +128,6 @@ def load_targets(path: str | None) -> dict[str, ChatTarget]:
     return {t.name: t for t in targets}
 
 
-def rollout_key(result: dict[str, Any]) -> str:
-    """The identity events are counted per: a rollout revision, else service + canary."""
-    namespace = result.get("namespace") or "-"
-    if result.get("rollout"):
-        return f"{namespace}/{result['rollout']}@{result.get('revision') or '-'}"
-    return f"{namespace}/{result['service']}#{result['canary']}"
-
-
 @dataclass
 class Followup:
     """Everything the follow-up steps need; built once per worker process."""
@@ -148,8 +142,10 @@ class Followup:
     http: httpx.Client | None = None
     deliver_options: dict[str, Any] | None = None
     kube_timeout_seconds: float = 10.0
+    public_url: str | None = None  # where people open the report pages
 
     def __post_init__(self) -> None:
+        self.history = History(self.redis, self.prefix)
         self._transition = self.redis.register_script(TRANSITION)
         self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
         self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
@@ -169,6 +165,7 @@ class Followup:
     def on_verdict(self, result: dict[str, Any]) -> str | None:
         """Called after an analysis is stored (and again on redelivery): emit its event."""
         key = rollout_key(result)
+        self.history.poll(result)
         event = {
             "event_id": "__EVENT_ID__",
             "kind": "verdict",
@@ -193,6 +190,7 @@ class Followup:
         )
         event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
         if event_id:
+            self.history.event(key, event_id, time.time(), result["analysis_id"])
             self.enqueue(ACT_TASK, [event_id])
             return str(event_id)
         log.info("no new event", extra={"rollout_key": key, "state": _text(state)})
@@ -215,6 +213,7 @@ class Followup:
         )
         if not created:
             return None
+        self.history.event(key, event_id, event["time"])
         for name in self._target_names(None):
             self.enqueue(NOTIFY_TASK, [event_id, name])
         return event_id
@@ -238,6 +237,7 @@ class Followup:
 
     def _done(self, event_id: str, step: str, outcome: dict[str, Any]) -> None:
         self.redis.set(self._step_key(event_id, step), json.dumps(outcome), ex=EVENT_TTL_SECONDS)
+        self.history.step(event_id, step)
 
     # --- act --------------------------------------------------------------------------------
     def act(self, event_id: str) -> list[dict[str, Any]]:
@@ -405,6 +405,8 @@ class Followup:
 
     def _links(self, result: dict[str, Any]) -> dict[str, str]:
         links: dict[str, str] = {}
+        if self.public_url and result.get("analysis_id"):
+            links["View analysis"] = report_url(self.public_url, result["analysis_id"])
         queries = (result.get("source") or {}).get("queries") or []
         if self.prometheus_graph_url and queries:
             from urllib.parse import urlencode
@@ -461,4 +463,5 @@ def build_followup(
         prometheus_graph_url=settings.prometheus_graph_url,
         http=httpx.Client(timeout=settings.notify_timeout_seconds),
         kube_timeout_seconds=settings.kube_timeout_seconds,
+        public_url=settings.public_url,
     )

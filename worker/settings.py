@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     chat_targets_file: str | None = None
     prometheus_graph_url: str | None = None  # public Prometheus URL for links in messages
 
+    # Report pages (/ui): the URL people reach this service at, for links in chat messages and
+    # `report_url` (default: the URL the request came in on); who may read the pages.
+    public_url: str | None = None
+    ui_token: SecretStr | None = None  # read-only: opens /ui, never /v1
+    ui_auth_header: str | None = None  # e.g. X-Auth-Request-User, set by an auth proxy
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url

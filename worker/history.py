@@ -1,0 +1,105 @@
+"""What the report pages look back on: each rollout's polls, events and chat/traffic steps.
+
+Written by the worker as verdicts and events happen, read by the webhook's /ui pages
+(webhooks/ui/data.py). Keys (prefix `ra:` by default), all living `HISTORY_TTL_SECONDS`:
+  history:rollouts            → sorted set of rollout keys by last poll time (/ui/)
+  history:polls:<key>         → sorted set of poll summaries (JSON) by window end
+  history:revisions:<ns>/<r>  → sorted set of a rollout's revision keys by last poll time
+  history:events:<key>        → sorted set of event ids by time (verdict changes, Argo events)
+  history:event-of:<id>       → the verdict event an analysis started
+  history:steps:<event id>    → set of the steps done for an event (traffic, notify:<target>)
+A poll's member is its whole summary, so a redelivered task writes the same member again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from analysis.durations import parse_time
+
+HISTORY_TTL_SECONDS = 7 * 86400
+MAX_POLLS = 500  # per rollout revision
+MAX_ROLLOUTS = 500
+
+
+def rollout_key(result: dict[str, Any]) -> str:
+    """The identity polls and events are kept per: a rollout revision, else service + canary."""
+    namespace = result.get("namespace") or "-"
+    if result.get("rollout"):
+        return f"{namespace}/{result['rollout']}@{result.get('revision') or '-'}"
+    return f"{namespace}/{result['service']}#{result['canary']}"
+
+
+def poll_summary(result: dict[str, Any], live: bool) -> dict[str, Any]:
+    """The few numbers a timeline row shows, so it needs no analysis record (those expire)."""
+    metrics = result.get("metrics") or {}
+    latency = metrics.get("latency_seconds") or {}
+    top = list(latency)[-1] if latency else None
+    budget = metrics.get("error_budget") or {}
+    return {
+        "analysis_id": result["analysis_id"],
+        "time": result["window"]["end"],
+        "verdict": result["verdict"],
+        "score": result.get("score"),
+        "live": live,
+        "requests": result.get("requests") or {},
+        "success_rate": metrics.get("success_rate") or {},
+        "burn": {"canary": budget.get("burn_canary"), "baseline": budget.get("burn_baseline")},
+        "quantile": top,
+        "latency": latency.get(top) if top else {},
+    }
+
+
+class History:
+    """Worker side (synchronous redis)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.analysis_prefix = f"{prefix}analysis:"
+        self.prefix = f"{prefix}history:"
+
+    def poll(self, result: dict[str, Any]) -> None:
+        key = rollout_key(result)
+        live = result.get("live")
+        if live is None:  # answers gain `live` later; until then: no explicit `end` = live
+            spec = self.redis.hget(f"{self.analysis_prefix}{result['analysis_id']}", "spec")
+            live = spec is None or json.loads(spec).get("end") is None
+        summary = poll_summary(result, bool(live))
+        at = parse_time(summary["time"])
+        pipe = self.redis.pipeline(transaction=False)
+        polls = f"{self.prefix}polls:{key}"
+        pipe.zadd(polls, {json.dumps(summary, sort_keys=True): at})
+        pipe.zremrangebyrank(polls, 0, -MAX_POLLS - 1)
+        pipe.expire(polls, HISTORY_TTL_SECONDS)
+        self._seen(pipe, key, result, at)
+        pipe.execute()
+
+    def _seen(self, pipe: Any, key: str, result: dict[str, Any], at: float) -> None:
+        rollouts = f"{self.prefix}rollouts"
+        pipe.zadd(rollouts, {key: at}, gt=True)  # GT still adds a new member
+        pipe.zremrangebyrank(rollouts, 0, -MAX_ROLLOUTS - 1)
+        pipe.expire(rollouts, HISTORY_TTL_SECONDS)
+        if result.get("rollout"):
+            name = f"{result.get('namespace') or '-'}/{result['rollout']}"
+            revisions = f"{self.prefix}revisions:{name}"
+            pipe.zadd(revisions, {key: at}, gt=True)
+            pipe.expire(revisions, HISTORY_TTL_SECONDS)
+
+    def event(self, key: str, event_id: str, at: float, analysis_id: str | None = None) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        events = f"{self.prefix}events:{key}"
+        pipe.zadd(events, {event_id: at}, nx=True)
+        pipe.expire(events, HISTORY_TTL_SECONDS)
+        if analysis_id:
+            pipe.set(f"{self.prefix}event-of:{analysis_id}", event_id, ex=HISTORY_TTL_SECONDS)
+        pipe.execute()
+
+    def step(self, event_id: str, step: str) -> None:
+        steps = f"{self.prefix}steps:{event_id}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(steps, step)
+        pipe.expire(steps, HISTORY_TTL_SECONDS)
+        pipe.execute()
