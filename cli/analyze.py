@@ -33,12 +33,20 @@ from cli.output import (
 @spec_options
 @source_options
 @click.option("--end", "-e", default=None, help="End of the window: RFC 3339, -10m, now.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the analysis page (as the service shows it) to this file.",
+)
 @output_option
 def analyze(
     spec_args: SpecArgs,
     prometheus: str | None,
     recording: str | None,
     end: str | None,
+    html_file: str | None,
     output: str,
 ) -> None:
     """Judge a canary against its baseline once and print the verdict.
@@ -57,10 +65,17 @@ def analyze(
     source = make_source(prometheus, recording)
     with user_errors(source_hint(prometheus, recording)):
         result = run_analysis(spec, source, deadline=time.monotonic() + 60)
+    if html_file:
+        from cli.html_report import write_report_html
+
+        with user_errors(f"cannot write {html_file}"):
+            write_report_html(html_file, result, live=end is None)
     if output == "json":
         emit_json(result)
     else:
         click.echo(render(result))
+        if html_file:
+            click.echo(f"report written to {html_file}")
     # sys.exit, not click's Exit: main() runs click outside standalone mode, where Exit's code
     # would be returned and dropped.
     sys.exit(EXIT_CODES[result["verdict"]])

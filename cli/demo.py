@@ -94,6 +94,7 @@ def _wait_ready(base: str, thread: threading.Thread) -> None:
 
 def _show_scenarios(base: str) -> None:
     click.echo(f"{'service':<10} {'verdict':<13} {'score':>5}  first reason")
+    pages: list[tuple[str, str]] = []
     for service in SERVICES:
         body = {"service": service, "namespace": NAMESPACE, "canary": CANARY, "baseline": BASELINE}
         answer = httpx.post(f"{base}/v1/analyze", json=body, timeout=15)
@@ -104,6 +105,11 @@ def _show_scenarios(base: str) -> None:
         colour = {"pass": "green", "fail": "red"}.get(result["verdict"], "yellow")
         verdict = click.style(f"{result['verdict']:<13}", fg=colour, bold=True)
         click.echo(f"{service:<10} {verdict} {result['score']:>5g}  {result['reasons'][0]}")
+        pages.append((service, result["report_url"]))
+    click.echo("\nReport pages (open in a browser):")
+    for service, url in pages:
+        click.echo(f"  {service:<10} {url}")
+    click.echo(f"  {'recent':<10} {base}/ui/")
 
 
 def _show_curl(base: str) -> None:

@@ -360,6 +360,13 @@ EXIT_OF_PHASE = {"Successful": 0, "Running": 0, "Failed": 1, "Error": 1, "Inconc
     is_flag=True,
     help="Judge each point's window on its own instead of as the live service's sequence.",
 )
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the analysis page of the measurement Argo ended on (or the last).",
+)
 @output_option
 def replay(
     spec_args: SpecArgs,
@@ -376,6 +383,7 @@ def replay(
     metric: str | None,
     plot: str | None,
     fixed_windows: bool,
+    html_file: str | None,
     output: str,
 ) -> None:
     """Replay Argo's measurements over a past period: timeline, where Argo stops, final phase.
@@ -444,12 +452,26 @@ def replay(
 
         with user_errors(f"cannot write {plot}"):
             write_plot(plot, data)
+    if html_file and result.reports:
+        from cli.html_report import replay_polls, write_report_html
+
+        measured = result.outcome.measured
+        shown = result.reports[measured - 1]
+        with user_errors(f"cannot write {html_file}"):
+            write_report_html(
+                html_file,
+                {**shown, "analysis_id": f"measurement #{measured}"},
+                live=False,
+                polls=replay_polls(result.reports, measured),
+            )
     if output == "json":
         emit_json(data)
     else:
         click.echo(render(data))
         if plot:
             click.echo(f"plot written to {plot}")
+        if html_file:
+            click.echo(f"report written to {html_file}")
     sys.exit(EXIT_OF_PHASE[result.outcome.phase])
 
 

@@ -27,6 +27,8 @@ CSP = (
     f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# A <meta> policy cannot hold frame-ancestors (browsers ignore it there, with a warning).
+CSP_META = CSP.removesuffix("; frame-ancestors 'none'")
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -134,7 +136,7 @@ def page(template: str, *, offline: bool = False, **context: Any) -> str:
     context.setdefault("refresh", None)
     return ENV.get_template(template).render(
         css=Markup(CSS),  # noqa: S704 - our own stylesheet, allowed by its hash
-        csp=CSP,
+        csp=CSP_META,
         offline=offline,
         **context,
     )
