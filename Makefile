@@ -14,7 +14,8 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# redis-server, prometheus and promtool are real processes in the tests; install them when missing.
+# redis-server, prometheus and promtool are real processes in the tests, chromium loads the report
+# pages in them; install them when missing.
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  echo "installing redis-server and prometheus from Debian"; \
@@ -24,6 +25,9 @@ system-deps:
 	@command -v kubectl >/dev/null || { echo "installing kubectl (kubernetes-client) from Debian"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver from Debian (browser tests of the report pages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian (make bench)"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 
 demo: $(STAMP)

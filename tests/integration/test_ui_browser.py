@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -146,10 +147,15 @@ def local(url: str, stack) -> str:
 def test_a_failing_canary_page_shows_the_rollback_and_every_delivery(world, browser, shots):
     stack, _emulator, receivers, _ = world.parts
     world.reset()
-    assert argo_call(stack, body("21"))[0] == Phase.FAILED
+    # Three polls of Argo's (the reuse window is 1 s): one event, one rollback, one message each.
+    for poll in range(3):
+        assert argo_call(stack, body("21"))[0] == Phase.FAILED
+        if poll < 2:
+            time.sleep(1.1)
     wait_for(lambda: world.weights() == {"stable": 100, "canary": 0}, 10, "the rollback")
     targets = ("slack", "dingtalk", "feishu", "generic")
     wait_for(lambda: all(receivers.accepted(p) for p in targets), 15, "the messages")
+    assert all(len(receivers.accepted(p)) == 1 for p in targets)
 
     # Every message links to the page; the stored analysis gives the same URL.
     generic = receivers.accepted("generic")[0].body
@@ -175,6 +181,12 @@ def test_a_failing_canary_page_shows_the_rollback_and_every_delivery(world, brow
     for target in ("team-slack", "team-dingtalk", "team-feishu", "audit"):
         assert re.search(rf"{target}\s+delivered\s+1\s+200", text), (target, text)
     assert "Prometheus graph" in text and "Dashboard" in text
+    # The event's analysis was the first poll; the revision's timeline has all three.
+    assert "Success rate over 1 poll(s)" in text and text.count("this one") == 1
+    timeline = browser.visit(f"{stack.url}/ui/rollouts/{NS}/errors?revision=21", headers=BASIC)
+    assert_clean(timeline)
+    assert "3 polls" in timeline.text and "Success rate over 3 poll(s)" in timeline.text
+    assert len(re.findall(r"\tlive\t", timeline.text)) == 3, timeline.text
     assert "https://prometheus.example.com/graph?g0.expr=" in visit.html
     assert "https://grafana.example.com/d/canary?var-svc=errors" in visit.html
 
