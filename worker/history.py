@@ -14,6 +14,7 @@ A poll's member is its whole summary, so a redelivered task writes the same memb
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -74,10 +75,11 @@ class History:
         pipe.zadd(polls, {json.dumps(summary, sort_keys=True): at})
         pipe.zremrangebyrank(polls, 0, -MAX_POLLS - 1)
         pipe.expire(polls, HISTORY_TTL_SECONDS)
-        self._seen(pipe, key, result, at)
+        self._seen(pipe, key, result, time.time())
         pipe.execute()
 
     def _seen(self, pipe: Any, key: str, result: dict[str, Any], at: float) -> None:
+        """When a rollout (revision) was last analysed: the index pages sort by it."""
         rollouts = f"{self.prefix}rollouts"
         pipe.zadd(rollouts, {key: at}, gt=True)  # GT still adds a new member
         pipe.zremrangebyrank(rollouts, 0, -MAX_ROLLOUTS - 1)
