@@ -31,7 +31,7 @@ from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import deliver, severity_allows
 from worker.notify.message import Notification
 from worker.notify.providers import ChatTarget
-from worker.report_links import report_url
+from worker.report_links import report_url, timeline_path
 from worker.task_names import ACT_TASK, NOTIFY_TASK
 from worker.traffic.istio import Destination, TrafficTarget, api_client_from_settings
 from worker.traffic.istio import rollback as istio_rollback
@@ -373,6 +373,7 @@ class Followup:
                 verdict=argo["event"],
                 event=argo["event"],
                 reasons=[r for r in (argo.get("message"), f"phase: {argo.get('phase')}") if r],
+                links=self._timeline_link(argo),
             )
         result = self.analysis(event["analysis_id"]) or {}
         actions = [
@@ -402,6 +403,13 @@ class Followup:
             ],
             links=links,
         )
+
+    def _timeline_link(self, argo: dict[str, Any]) -> dict[str, str]:
+        """An Argo event has no analysis of its own: its message links to the revision's page."""
+        if not self.public_url:
+            return {}
+        path = timeline_path(argo["namespace"], argo["rollout"], argo.get("revision") or None)
+        return {"View timeline": self.public_url.rstrip("/") + path}
 
     def _links(self, result: dict[str, Any]) -> dict[str, str]:
         links: dict[str, str] = {}

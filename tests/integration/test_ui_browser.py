@@ -192,7 +192,7 @@ def test_a_failing_canary_page_shows_the_rollback_and_every_delivery(world, brow
 
 
 def test_the_timeline_shows_polls_events_and_argo_messages_as_text(world, browser, shots):
-    stack, *_ = world.parts
+    stack, _emulator, receivers, _ = world.parts
     world.reset()
     assert argo_call(stack, body("22"))[0] == Phase.FAILED
     event = {"event": "rollout-aborted", "rollout": "errors", "namespace": NS,
@@ -212,6 +212,9 @@ def test_the_timeline_shows_polls_events_and_argo_messages_as_text(world, browse
     assert re.search(r"verdict\s+fail", text) and "traffic.rollback applied" in text
     # The hostile message is text on the page: no element, no request to evil.example.
     assert HOSTILE in text
+    # Argo's event has no analysis: its message links to this timeline.
+    argo = [m.body for m in receivers.accepted("generic") if m.body["event"] == "rollout-aborted"]
+    assert argo[0]["links"]["View timeline"] == f"{PUBLIC_URL}/ui/rollouts/{NS}/errors?revision=22"
     assert "&lt;script&gt;" in visit.html and "<img src=https" not in visit.html
     # The revision list and the index.
     assert re.search(r"Recent revisions\s+revision\s+last poll\s+last verdict\s+22\s", text), text

@@ -134,6 +134,35 @@ def test_sequence_and_live_render_when_present_and_the_page_still_renders_withou
     assert "Sequential evidence" not in without and ">live<" in without
 
 
+def test_pages_of_running_and_failed_analyses_say_so():
+    spec = {"service": "checkout", "namespace": "shop", "canary": "c1", "baseline": "b1",
+            "end": None}  # fmt: skip
+    running = render.page(
+        "analysis.html",
+        **render.analysis_context(
+            {"id": "b" * 32, "status": "running", "spec": spec},
+            actions=[],
+            event=None,
+            polls=[],
+            links=[],
+            timeline_url=None,
+        ),
+    )
+    assert "The analysis is running" in running and 'http-equiv="refresh"' in running
+    failed = render.page(
+        "analysis.html",
+        **render.analysis_context(
+            {"id": "b" * 32, "status": "error", "spec": spec, "error": {"error": "timeout"}},
+            actions=[],
+            event=None,
+            polls=[],
+            links=[],
+            timeline_url=None,
+        ),
+    )
+    assert "The metrics could not be read: timeout" in failed and "refresh" not in failed
+
+
 def test_bucket_shares_turn_cumulative_counts_into_shares():
     shares = bucket_shares({"+Inf": 100, "0.1": 50, "0.5": 90})
     assert list(shares) == ["0.1", "0.5", "+Inf"]
