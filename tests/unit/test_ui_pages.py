@@ -168,6 +168,9 @@ def test_bucket_shares_turn_cumulative_counts_into_shares():
     assert list(shares) == ["0.1", "0.5", "+Inf"]
     assert shares == pytest.approx({"0.1": 0.5, "0.5": 0.4, "+Inf": 0.1})
     assert bucket_shares({}) == {}
+    # A bucket whose rate came out a hair below the previous one's holds nothing, not less.
+    dipped = bucket_shares({"0.1": 50.0, "0.5": 49.9, "1.0": 90.0, "+Inf": 100.0})
+    assert dipped == pytest.approx({"0.1": 0.5, "0.5": 0.0, "1.0": 0.4, "+Inf": 0.1})
 
 
 def _request(headers: dict[str, str]) -> SimpleNamespace:

@@ -25,17 +25,19 @@ def _finite(value: object) -> float | None:
 
 def bucket_shares(cumulative: dict[str, float]) -> dict[str, float]:
     """Cumulative counts per upper bound → the share of requests in each bucket."""
-    ordered = sorted(cumulative.items(), key=lambda item: _bound(item[0]))
+    ordered = sorted(cumulative.items(), key=lambda item: bound(item[0]))
     total = max((count for _, count in ordered), default=0.0)
     shares: dict[str, float] = {}
     below = 0.0
     for le, count in ordered:
-        shares[le] = (count - below) / total if total > 0 else 0.0
-        below = count
+        # Rates of separate bucket series can dip below the previous bucket's by a rounding
+        # error; a bucket never holds a negative share.
+        shares[le] = max(count - below, 0.0) / total if total > 0 else 0.0
+        below = max(below, count)
     return shares
 
 
-def _bound(le: str) -> float:
+def bound(le: str) -> float:
     try:
         return float(le)
     except ValueError:
@@ -65,7 +67,7 @@ def grouped_bars(
             value = _finite(series[i]) if i < len(series) else None
             if value is None:
                 continue
-            height = plot_h * value / top
+            height = plot_h * max(value, 0.0) / top
             shown = f"{value * 100:.2f}%" if percent else f"{value:.4g}{unit}"
             parts.append(
                 Markup(

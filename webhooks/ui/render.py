@@ -201,7 +201,7 @@ def analysis_charts(
     histograms = result.get("histograms") or {}
     if histograms.get("canary") or histograms.get("baseline"):
         shares = {side: charts.bucket_shares(histograms.get(side) or {}) for side in charts.SIDES}
-        bounds = sorted({le for side in shares.values() for le in side}, key=charts._bound)
+        bounds = sorted({le for side in shares.values() for le in side}, key=charts.bound)
         found.append(
             (
                 "Latency distribution: share of requests per bucket (le, seconds)",
