@@ -116,11 +116,11 @@ class UiData:
             return None
         members = await self.redis.smembers(f"{self.history}steps:{event_id}")
         steps = sorted(_text(s) for s in members)
-        outcomes = (
-            await self.redis.mget([f"{self.prefix}step:{event_id}:{s}" for s in steps])
-            if steps
-            else []
-        )
+        # GETs in a pipeline rather than one MGET: the keys may live in different cluster slots.
+        pipe = self.redis.pipeline(transaction=False)
+        for step in steps:
+            pipe.get(f"{self.prefix}step:{event_id}:{step}")
+        outcomes = await pipe.execute() if steps else []
         view = EventView(
             event_id=event_id,
             kind=str(event.get("kind")),
