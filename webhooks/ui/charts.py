@@ -8,7 +8,7 @@ which escapes it (bucket bounds come from Prometheus, labels from requests).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup
 
@@ -21,6 +21,11 @@ def _finite(value: object) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _known(values: Mapping[str, Sequence[float | None]]) -> list[float]:
+    found = (_finite(v) for side in SIDES for v in values.get(side, []))
+    return [v for v in found if v is not None]
 
 
 def bucket_shares(cumulative: dict[str, float]) -> dict[str, float]:
@@ -47,14 +52,14 @@ def bound(le: str) -> float:
 def grouped_bars(
     title: str,
     groups: Sequence[str],
-    values: dict[str, Sequence[float | None]],
+    values: Mapping[str, Sequence[float | None]],
     *,
     unit: str = "",
     percent: bool = False,
 ) -> Markup:
     """One pair of bars (canary, baseline) per group label."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    known = [v for side in SIDES for v in values.get(side, []) if _finite(v) is not None]
+    known = _known(values)
     top = max(known, default=0.0) or 1.0
     parts = [_open(title)]
     parts += _y_axis(top, plot_h, percent, unit)
@@ -86,14 +91,14 @@ def grouped_bars(
 def poll_lines(
     title: str,
     times: Sequence[str],
-    values: dict[str, Sequence[float | None]],
+    values: Mapping[str, Sequence[float | None]],
     *,
     percent: bool = False,
     unit: str = "",
 ) -> Markup:
     """Canary and baseline over the polls so far (x: poll order, labelled with its time)."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    known = [v for side in SIDES for v in values.get(side, []) if _finite(v) is not None]
+    known = _known(values)
     low = min(known, default=0.0)
     high = max(known, default=1.0)
     if percent:

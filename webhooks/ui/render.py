@@ -156,11 +156,12 @@ def analysis_context(
 ) -> dict[str, Any]:
     status = record.get("status") or "unknown"
     result = record.get("result") if isinstance(record.get("result"), dict) else None
-    spec = record.get("spec") if isinstance(record.get("spec"), dict) else {}
-    who = {k: (result or spec).get(k) for k in ("service", "namespace", "canary", "baseline")}
+    spec: dict[str, Any] = record["spec"] if isinstance(record.get("spec"), dict) else {}
+    named: dict[str, Any] = result or spec
+    who = {k: named.get(k) for k in ("service", "namespace", "canary", "baseline")}
     who.update(
-        rollout=(result or spec).get("rollout"),
-        revision=(result or spec).get("revision"),
+        rollout=named.get("rollout"),
+        revision=named.get("revision"),
         policy=(result or {}).get("policy") or spec.get("policy") or "default",
     )
     live = (result or {}).get("live")
