@@ -80,8 +80,8 @@ def demo(tmp_path_factory):
 
 
 EXPECTED = {
-    "checkout": ("PASS", "all 9 checks passed"),
-    "payments": ("FAIL", "success rate 98.94% (canary) vs SLO 99.90%"),
+    "checkout": ("PASS", "all 7 checks passed"),
+    "payments": ("FAIL", "error ratio 1.06% (canary) vs allowed 0.10%"),
     "search": ("FAIL", "p50 latency 135.2 ms (canary) vs 50.0 ms (baseline)"),
     "inventory": ("INCONCLUSIVE", "not enough data: canary has 28 requests"),
 }
