@@ -125,11 +125,28 @@ def test_the_stylesheet_is_the_only_style_the_policy_allows():
 
 
 def test_sequence_and_live_render_when_present_and_the_page_still_renders_without():
-    with_sequence = analysis_page(
-        result(live=False, sequence={"verdict": "fail", "polls": [{"n": 1, "e_value": 31.5}]})
-    )
-    assert "Sequential evidence" in with_sequence and "e_value" in with_sequence
-    assert "31.5" in with_sequence and "replay of the past" in with_sequence
+    sequence = {
+        "id": "6db6f0b2700922e54a20f6d0", "started_at": 1793534460.0, "polls": 2, "alpha": 0.01,
+        "interval": {"start": "2026-11-01T12:11:00Z", "end": "2026-11-01T12:11:00Z",
+                     "seconds": 0},
+        "history": [
+            {"poll": 1, "end": 1793534760.0, "interval_seconds": 300,
+             "requests": {"canary": 5023, "baseline": 14784}, "verdict": "pass",
+             "max_e_value": 3.5},
+            {"poll": 2, "end": 1793534820.0, "interval_seconds": 60,
+             "success_rate": {"canary": 0.9894, "baseline": 0.9994}, "verdict": "fail",
+             "max_e_value": 3.7e32},
+        ],
+    }  # fmt: skip
+    window = {"start": "2026-11-01T12:01:00Z", "end": "2026-11-01T12:11:00Z", "seconds": 600.5}
+    with_sequence = analysis_page(result(live=False, sequence=sequence, window=window))
+    assert "(600.5 s)" in with_sequence and "(0 s)" in with_sequence
+    assert "Sequential evidence" in with_sequence and "2 poll(s) since 2026-11-01" in with_sequence
+    assert "5,023 / 14,784" in with_sequence and "98.94% / 99.94%" in with_sequence
+    assert "3.7e+32" in with_sequence and "replay of the past" in with_sequence
+    # A shape this page does not know yet is still shown, generically.
+    other = analysis_page(result(sequence={"polls": [{"n": 1, "e_value": 31.5}]}))
+    assert "Sequential evidence" in other and "e_value" in other and "31.5" in other
     without = analysis_page(result())
     assert "Sequential evidence" not in without and ">live<" in without
 

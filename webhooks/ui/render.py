@@ -73,6 +73,16 @@ def when(ts: Any) -> str:
     return datetime.fromtimestamp(v, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def duration(value: Any) -> str:
+    v = _finite(value)
+    if v is None:
+        return "n/a"
+    try:
+        return format_duration(v)
+    except ValueError:  # zero or fractional: a sequence's first poll, a window from its start
+        return f"{v:g} s"
+
+
 def scalar(value: Any) -> str:
     if isinstance(value, float):
         return num(value)
@@ -122,7 +132,7 @@ def _environment() -> Environment:
         scalar=scalar,
         columns=columns,
         css_class=css_class,
-        duration=lambda s: format_duration(float(s)) if _finite(s) is not None else "n/a",
+        duration=duration,
         tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True),
     )
     return env
