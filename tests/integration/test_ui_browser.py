@@ -251,6 +251,15 @@ def test_pages_need_credentials_and_the_ui_token_opens_only_ui(world):
         bad_name = client.get("/ui/rollouts/shop/%3Cscript%3E", headers=BASIC)
         assert bad_name.status_code == 422 and "rollout" in bad_name.text
         assert "<script>" not in bad_name.text
+        for path, field in (
+            ("/ui/rollouts/shop/errors?revision=%3Cb%3E", "revision"),
+            ("/ui/rollouts/" + "n" * 300 + "/errors", "namespace"),
+            ("/ui/canaries/shop/%00/c1", "service"),
+            ("/ui/canaries/shop/errors/%E2%80%AE", "canary"),
+            ("/ui/analyses/" + "A" * 32, "analysis_id"),
+        ):
+            answer = client.get(path, headers=BASIC)
+            assert answer.status_code == 422 and field in answer.text, (path, answer.text)
 
 
 def test_an_auth_proxy_header_opens_ui_and_not_v1(stack_factory):
