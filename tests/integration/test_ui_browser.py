@@ -21,11 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+import analysis
 from tests.integration.conftest import AUTH
 from tests.support.actions_world import NS, argo_call, body, start_actions_world
 from tests.support.argo import Phase
 from tests.support.browser import Browser, PageVisit
 from tests.support.procs import free_port, wait_for
+
+RECORDING = Path(analysis.__file__).parent / "data" / "demo-recording.json"
 
 UI_TOKEN = "read-only-ui-token"
 PUBLIC_URL = "https://canary.example.com/analyzer"
@@ -118,6 +121,24 @@ def test_the_demo_prints_each_scenarios_page_and_chromium_shows_it(demo, browser
     for service in EXPECTED:
         assert service in index.text
     assert index.text.index("inventory") < index.text.index("checkout")  # newest first
+
+
+def test_the_offline_page_of_a_replay_opens_clean(browser, tmp_path):
+    page = tmp_path / "replay.html"
+    replay = subprocess.run(
+        [sys.executable, "-m", "cli", "replay", "--from-recording", str(RECORDING),
+         "--service", "payments", "--namespace", "shop", "--canary", "6d4f8b7c9a",
+         "--baseline", "5c8d7e6f4b", "--start", "2026-11-01T12:00:00Z",
+         "--end", "2026-11-01T12:11:00Z", "--failure-limit", "2", "--html", str(page)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert replay.returncode == 1 and f"report written to {page}" in replay.stdout
+    visit = browser.visit(page.as_uri(), javascript=False)
+    # No server, so no headers: the policy travels in a meta tag, and nothing breaks it.
+    assert visit.console_errors == [] and visit.requests == [page.as_uri()]
+    text = visit.text
+    assert "FAIL" in text and "replay of the past" in text and "Sequential evidence" in text
+    assert "Success rate over 3 poll(s)" in text and "measurement #1" in text
 
 
 # --- a failing canary with a traffic action, on the real stack -------------------------------

@@ -64,7 +64,7 @@ class PageVisit:
         outside = []
         for url in self.requests:
             parts = urlsplit(url)
-            if parts.scheme in ("data", "about", "chrome-error"):
+            if parts.scheme in ("data", "about", "chrome-error", "file"):
                 continue
             if parts.hostname not in LOOPBACK:
                 outside.append(url)

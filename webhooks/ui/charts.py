@@ -138,11 +138,10 @@ def poll_lines(
                 )
             )
     for i in sorted({0, count - 1}) if count else []:
-        parts.append(
-            Markup('<text class="tick" x="{:.1f}" y="{}" text-anchor="middle">{}</text>').format(
-                x(i), HEIGHT - BOTTOM + 14, times[i][11:19]
-            )
-        )
+        # The first and last poll's times, kept inside the chart at its edges.
+        anchor = "middle" if count == 1 else ("start" if i == 0 else "end")
+        tick = Markup('<text class="tick" x="{:.1f}" y="{}" text-anchor="{}">{}</text>')
+        parts.append(tick.format(x(i), HEIGHT - BOTTOM + 14, anchor, times[i][11:19]))
     parts += _legend()
     parts.append(Markup("</svg>"))
     return Markup("").join(parts)
