@@ -114,6 +114,24 @@ def test_every_value_from_a_request_or_prometheus_is_text():
     assert 'class="chip scriptalertscriptimgsrcxonerro"' in html
 
 
+def test_check_values_show_in_their_units():
+    html = analysis_page(
+        result(
+            checks=[
+                {"name": "success_rate.slo", "verdict": "fail", "canary": 0.9894,
+                 "baseline": 0.9994, "limit": 0.999},
+                {"name": "latency.p99.regression", "verdict": "pass", "canary": 0.242,
+                 "baseline": 0.2421, "limit": 1.2},
+                {"name": "error_budget.fast_burn", "verdict": "pass", "canary": 10.55,
+                 "baseline": 0.61, "limit": 14.4},
+            ]
+        )
+    )  # fmt: skip
+    cells = re.findall(r'<td class="num">([^<]*)</td>', html)
+    for shown in ("98.94%", "99.94%", "99.90%", "242.0 ms", "242.1 ms", "x1.2", "10.55x", "14.4x"):
+        assert shown in cells, (shown, cells)
+
+
 def test_the_stylesheet_is_the_only_style_the_policy_allows():
     html = analysis_page(result())
     styles = re.findall(r"<style>(.*?)</style>", html, re.S)

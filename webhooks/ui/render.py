@@ -66,6 +66,32 @@ def count(value: Any) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
 
+# A check's numbers in its own unit (the CLI's `analyze` table reads them the same way):
+# rates as percentages, latencies in time, tolerances as factors, burn as multiples.
+def check_value(value: Any, check: str) -> str:
+    if _finite(value) is None:
+        return "n/a"
+    if check.startswith("success_rate") or check == "error_budget.spend":
+        return pct(value)
+    if check.startswith("latency"):
+        return secs(value)
+    return f"{num(value)}x"
+
+
+def check_limit(value: Any, check: str) -> str:
+    if _finite(value) is None:
+        return "n/a"
+    if check in ("success_rate.slo", "error_budget.spend"):
+        return pct(value)
+    if check == "success_rate.regression":
+        return f"+{num(value)} pp"
+    if check.endswith(".slo"):
+        return secs(value)
+    if check.startswith("latency"):
+        return f"x{num(value)}"
+    return f"{num(value)}x"
+
+
 def when(ts: Any) -> str:
     v = _finite(ts)
     if v is None:
@@ -128,6 +154,8 @@ def _environment() -> Environment:
         pct=pct,
         secs=secs,
         count=count,
+        check_value=check_value,
+        check_limit=check_limit,
         when=when,
         scalar=scalar,
         columns=columns,
