@@ -71,6 +71,9 @@ def setup(component: str) -> bool:
             return False
         try:
             _tracer = _install(component)
+        except MissingExtra as exc:  # a known cause: say what to install, no traceback
+            log.error("tracing off: %s", exc)
+            _tracer = None
         except Exception:  # tracing must never stop the service from starting
             log.exception("tracing setup failed; continuing without traces")
             _tracer = None
@@ -100,6 +103,10 @@ def _install(component: str) -> Tracer:
     return provider.get_tracer(TRACER_NAME, "0.1.0")
 
 
+class MissingExtra(RuntimeError):
+    """An optional dependency the configuration asks for is not installed."""
+
+
 def _exporter() -> Any:
     protocol = (
         os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -108,8 +115,13 @@ def _exporter() -> Any:
     ).strip()
     # Each exporter reads its endpoint, headers, timeout, compression and TLS from OTEL_*.
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise MissingExtra(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
+                "pip install 'rollout-analyzer[otlp-grpc]' (or use http/protobuf)"
+            ) from exc
         return OTLPSpanExporter()
     if protocol != "http/protobuf":
         raise ValueError(f"OTLP protocol {protocol!r} is not supported (grpc, http/protobuf)")
