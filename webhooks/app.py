@@ -82,8 +82,7 @@ def create_app(settings: Settings | None = None) -> Any:
             yield
         finally:
             await waiter.stop()
-            runtime.dispatcher.close()
-            await runtime.client.aclose()
+            await runtime.aclose()
 
     app = FastAPI(
         title="rollout-analyzer",

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from webhooks.producer import RedisTaskProducer, publishes_directly
 from worker.settings import Settings
 from worker.store import AsyncStore, Store
 from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
@@ -29,13 +30,18 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, broker: aioredis.Redis | None) -> None:
         from worker.celery_app import app
 
         self._app = app
         self._queue = settings.queue
+        # A Redis broker gets the task straight from the event loop (webhooks/producer.py).
+        self._producer = RedisTaskProducer(app, broker, settings.queue) if broker else None
 
     async def enqueue(self, task: str, args: list[Any]) -> None:
+        if self._producer is not None:
+            await self._producer.publish(task, args)
+            return
         # kombu publishes synchronously; keep the event loop free while it does.
         await asyncio.to_thread(self._app.send_task, task, args=args, queue=self._queue)
 
@@ -103,6 +109,13 @@ class Runtime:
     store: AsyncStore
     dispatcher: Dispatcher
     mode: str
+    broker: aioredis.Redis | None = None  # a broker Redis apart from the state store's
+
+    async def aclose(self) -> None:
+        self.dispatcher.close()
+        await self.client.aclose()
+        if self.broker is not None:
+            await self.broker.aclose()
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -114,10 +127,21 @@ def build_runtime(settings: Settings) -> Runtime:
         sync_store = Store(fakeredis.FakeRedis(server=server), settings.key_prefix)
         store = AsyncStore(client, settings.key_prefix)
         return Runtime(client, store, InProcessDispatcher(settings, sync_store), "in-process")
+    client = _client(settings.redis_url, settings)
+    store = AsyncStore(client, settings.key_prefix)
+    broker = None
+    if publishes_directly(settings.broker):
+        broker = client if settings.broker == settings.redis_url else None
+        broker = broker or _client(settings.broker, settings)
+    own_broker = broker if broker is not client else None
+    return Runtime(client, store, CeleryDispatcher(settings, broker), "celery", own_broker)
+
+
+def _client(url: str, settings: Settings) -> aioredis.Redis:
     # redis-py's default pool fails at once ("Too many connections") past 100 concurrent
     # requests; a burst of polls must queue for a connection (commands take ~0.1 ms) instead.
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
+        url,
         max_connections=REDIS_CONNECTIONS,
         # Under a burst the event loop itself is the queue: wait up to half the answer budget.
         timeout=settings.wait_seconds / 2,
@@ -128,6 +152,4 @@ def build_runtime(settings: Settings) -> Runtime:
         # into a quick 503 (Argo retries in 10 s anyway).
         retry=Retry(NoBackoff(), 1),
     )
-    client = aioredis.Redis.from_pool(pool)  # closes the pool with the client
-    store = AsyncStore(client, settings.key_prefix)
-    return Runtime(client, store, CeleryDispatcher(settings), "celery")
+    return aioredis.Redis.from_pool(pool)  # closes the pool with the client

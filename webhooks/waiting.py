@@ -1,8 +1,9 @@
 """Waiting for an analysis to finish: one pub/sub subscription per process, many waiters.
 
 A waiter registers before it checks the record, so a completion between the check and the
-wait is never missed; it also re-reads the record every second, in case a message was lost
-while Redis reconnected.
+wait is never missed. The completion message carries the outcome, so no second read follows;
+a waiter also re-reads the record every second, in case a message was lost while Redis
+reconnected.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from worker.store import AsyncStore
+from worker.store import AsyncStore, decode_completion
 
 log = logging.getLogger("rollout_analyzer.webhook")
 FINAL = ("done", "error")
@@ -24,7 +25,8 @@ class CompletionWaiter:
     def __init__(self, client: aioredis.Redis, store: AsyncStore) -> None:
         self.client = client
         self.store = store
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # A future's result: the final record from the completion message (None: read it).
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -47,17 +49,24 @@ class CompletionWaiter:
                         continue
                     channel = message["channel"]
                     channel = channel.decode() if isinstance(channel, bytes) else channel
-                    self._wake(channel.removeprefix(prefix))
+                    self._wake(channel.removeprefix(prefix), message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: waiters fall back to polling
                 log.warning("completion listener reconnecting", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(0.5)
 
-    def _wake(self, analysis_id: str) -> None:
-        for future in self._waiters.pop(analysis_id, []):
+    def _wake(self, analysis_id: str, data: bytes | str) -> None:
+        futures = self._waiters.pop(analysis_id, [])
+        if not futures:  # every webhook replica hears every completion: decode only ours
+            return
+        try:
+            record = decode_completion(data)
+        except ValueError:
+            record = None
+        for future in futures:
             if not future.done():
-                future.set_result(None)
+                future.set_result(record)
 
     async def wait(self, analysis_id: str, timeout: float) -> dict[str, Any] | None:
         """The record once final, or the last record seen when time runs out."""
@@ -65,7 +74,7 @@ class CompletionWaiter:
         deadline = loop.time() + timeout
         record = None
         while True:
-            future: asyncio.Future[None] = loop.create_future()
+            future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
             self._waiters.setdefault(analysis_id, []).append(future)
             try:
                 record = await self.store.record(analysis_id)
@@ -75,7 +84,9 @@ class CompletionWaiter:
                 if remaining <= 0:
                     return record
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), min(1.0, remaining))
+                    announced = await asyncio.wait_for(asyncio.shield(future), min(1.0, remaining))
+                    if announced is not None and announced.get("status") in FINAL:
+                        return {**record, **announced}
             finally:
                 waiting = self._waiters.get(analysis_id)
                 if waiting and future in waiting:

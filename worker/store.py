@@ -7,7 +7,8 @@ Keys (prefix `ra:` by default):
                       result or error, timestamps; lives `result_ttl_seconds`.
   lease:<id>        → the worker computing it; renewed while it runs. A running analysis
                       without a lease has lost its worker: the next call supersedes it.
-  done:<id>         → pub/sub channel announcing completion to waiting webhook processes.
+  done:<id>         → pub/sub channel announcing completion (with the outcome) to waiting
+                      webhook processes.
   workers           → sorted set of worker heartbeats (score = unix time).
 Each transition is one Lua script, so two webhooks or two workers can never both win.
 """
@@ -81,7 +82,8 @@ if claim and redis.call('GET', claim) == ARGV[6] then
     redis.call('DEL', claim)
   end
 end
-redis.call('PUBLISH', ARGV[7], ARGV[2])
+-- The message carries the outcome itself: a waiting webhook needs no second read.
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'ok'
 """
 
@@ -134,6 +136,23 @@ def decode_record(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any] | 
     return record
 
 
+def completion_message(status: str, body: str) -> str:
+    """What FINISH publishes: the record's final fields, as JSON (body is JSON already)."""
+    field = "result" if status == "done" else "error"
+    value = body if body.startswith("{") else json.dumps(body)
+    return f'{{"status":{json.dumps(status)},"{field}":{value}}}'
+
+
+def decode_completion(message: bytes | str) -> dict[str, Any] | None:
+    """The final record from a completion message; None from a worker that sent the bare
+    status (before the message carried the outcome): the waiter reads the record then."""
+    text = message.decode() if isinstance(message, bytes) else message
+    if not text.startswith("{"):
+        return None
+    record: dict[str, Any] = json.loads(text)
+    return record
+
+
 class Store:
     """Worker side (synchronous)."""
 
@@ -175,6 +194,7 @@ class Store:
             int(reuse_seconds * 1000),
             analysis_id,
             self.keys.done_channel(analysis_id),
+            completion_message(status, body),
         ]
         return _text(self._finish(keys=keys, args=args))
 

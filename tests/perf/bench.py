@@ -117,6 +117,12 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a whole process (every thread) so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Sampler:
     """Calls `probe` every `interval` s on a thread; keeps the maximum seen."""
 
@@ -216,7 +222,11 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
     prom = PrometheusConnect(url=stack.prometheus.url, disable_ssl=True)
     policies = PolicySet.load(None)
     ours, naive, floor, failures = [], [], [], 0
+    pids = {"webhook": stack.webhook.pid or 0, **{w.name: w.pid or 0 for w in stack.workers}}
+    cpu_before: dict[str, float] = {}
     for i in range(samples + 5):
+        if i == 5:
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         end = fresh_end()
         body = body_for(i, "fresh", end)
         seconds, response = call(stack.http, body)
@@ -234,9 +244,13 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
             ours.append(seconds)
             naive.append(naive_seconds)
             floor.append(floor_seconds)
+    # CPU, not wall time: the workers' idle polling and heartbeats are counted in.
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     return {
         "samples": samples,
         "failures": failures,
+        "webhook_cpu_per_analysis": cpu.pop("webhook") / samples,
+        "worker_cpu_per_analysis": sum(cpu.values()) / samples,
         "ours_p50": pct(ours, 0.5),
         "ours_p99": pct(ours, 0.99),
         "naive_p50": pct(naive, 0.5),
@@ -430,8 +444,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         ms(f["ours_p50"]),
         ms(f["naive_p50"]),
         f["ours_p50"] / f["naive_p50"],
-        "<= 0.6x",
-        f["ours_p50"] / f["naive_p50"] <= 0.6,
+        "<= 0.5x",
+        f["ours_p50"] / f["naive_p50"] <= 0.5,
     )
     add(
         "1. fresh analysis p99 (vs naive 10 queries)",
@@ -448,6 +462,22 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         f["ours_p50"] / f["floor_p50"],
         "<= 2x",
         f["ours_p50"] / f["floor_p50"] <= 2,
+    )
+    add(
+        "2. worker CPU per fresh analysis (/proc, all workers)",
+        ms(f["worker_cpu_per_analysis"]),
+        "",
+        None,
+        "<= 5 ms",
+        f["worker_cpu_per_analysis"] <= 0.005,
+    )
+    add(
+        "2. webhook CPU per fresh analysis (/proc)",
+        ms(f["webhook_cpu_per_analysis"]),
+        "",
+        None,
+        "",
+        None,
     )
     trips = r["round_trips"]["promql_per_analysis"]
     add("3. PromQL round trips per analysis", f"{trips:.2f}", "10", trips / 10, "<= 2", trips <= 2)
@@ -488,8 +518,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         f"{b['throughput']:.1f}/s",
         f"{nb['throughput']:.1f}/s",
         b["throughput"] / nb["throughput"],
-        ">= 0.8x",
-        b["throughput"] / nb["throughput"] >= 0.8,
+        ">= 2x",
+        b["throughput"] / nb["throughput"] >= 2,
     )
     add("5. burst latency p50 / p99", f"{ms(b['p50'])} / {ms(b['p99'])}", "", None, "", None)
     ratio = c["cached"]["rps"] / c["healthz"]["rps"]
