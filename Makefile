@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench verdicts system-deps clean
+.PHONY: demo test lint typecheck unit integration bench verdicts soak system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(STAMP) system-deps
 # How often the verdicts are right, the way Argo asks (simulated rollouts; a few minutes).
 verdicts: $(STAMP)
 	$(PY) -m tests.perf.verdicts
+
+# Not part of `make test`: 2,000 rollouts polling every 30 s for 10 minutes (SOAK_* knobs).
+soak: $(STAMP) system-deps
+	$(PY) -m tests.perf.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

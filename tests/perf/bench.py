@@ -153,7 +153,7 @@ class Sampler:
 
 
 class Stack:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, settings: dict[str, str] | None = None) -> None:
         self.work = work
         self.redis = RedisServer(work_dir=work / "redis").start()
         began = time.perf_counter()
@@ -169,6 +169,7 @@ class Stack:
                 # Long enough that the cached-poll run stays inside one reuse window.
                 "ROLLOUT_ANALYZER_REUSE_SECONDS": "120",
                 "ROLLOUT_ANALYZER_PROMETHEUS_MAX_CONCURRENT_QUERIES": str(CAP),
+                **(settings or {}),
             },
         )
         self.workers = [
@@ -591,9 +592,9 @@ def render(table: list[tuple[str, str, str, str, str, bool | None]]) -> str:
 
 
 @contextlib.contextmanager
-def stack_running() -> Iterator[Stack]:
+def stack_running(settings: dict[str, str] | None = None) -> Iterator[Stack]:
     work = Path(tempfile.mkdtemp(prefix="ra-bench-"))
-    stack = Stack(work)
+    stack = Stack(work, settings)
     try:
         yield stack
     finally:

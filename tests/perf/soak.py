@@ -1,0 +1,158 @@
+"""`make soak`: many simulated Argo rollouts polling one webhook and two workers for minutes.
+
+Every rollout polls the latest window every SOAK_INTERVAL seconds (Argo's `interval`), on a
+connection of its own with Argo's 10 s timeout, starting at a random offset. Each minute prints
+the polls, errors, timeouts, p50/p99, Redis memory and the RSS of every process; the end prints
+the verdict: 0 errors, 0 timeouts, and Redis memory and RSS flat after the first reuse windows
+(the last minute within SOAK_FLAT of the second minute's figure).
+
+Knobs: SOAK_ROLLOUTS (2000), SOAK_MINUTES (10), SOAK_INTERVAL (30 s), SOAK_FLAT (1.10).
+Not part of `make test`; results in .bench/soak.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.perf.bench import REPO, Stack, body_for, pct, rss_mb, stack_running
+from tests.perf.loadgen import post_json
+
+ROLLOUTS = int(os.environ.get("SOAK_ROLLOUTS", "2000"))
+MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
+INTERVAL = float(os.environ.get("SOAK_INTERVAL", "30"))
+FLAT = float(os.environ.get("SOAK_FLAT", "1.10"))
+ARGO_TIMEOUT_SECONDS = 10.0
+RESULTS = REPO / ".bench" / "soak.json"
+
+
+@dataclass
+class Minute:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    timeouts: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+async def rollout(
+    i: int, url: str, stop_at: float, minutes: dict[int, Minute], began: float
+) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    body = body_for(i, f"soak-{i}")
+    await asyncio.sleep(random.uniform(0, INTERVAL))
+    while time.monotonic() < stop_at:
+        polled = time.monotonic()
+        seconds, status, _ = await post_json(host, port, "/v1/analyze", body, ARGO_TIMEOUT_SECONDS)
+        minute = minutes.setdefault(int((polled - began) // 60), Minute())
+        minute.statuses[str(status)] = minute.statuses.get(str(status), 0) + 1
+        if status == 200:
+            minute.latencies.append(seconds)
+        elif status == "timeout":
+            minute.timeouts += 1
+        else:
+            minute.errors += 1
+        await asyncio.sleep(max(0.0, polled + INTERVAL - time.monotonic()))
+
+
+def snapshot(stack: Stack) -> dict[str, float]:
+    info = stack.kv.info("memory")
+    return {
+        "redis_used_mb": info["used_memory"] / 1e6,
+        "redis_keys": float(stack.kv.dbsize()),
+        "rss_webhook_mb": rss_mb(stack.webhook.pid or 0),
+        **{f"rss_{w.name}_mb": rss_mb(w.pid or 0) for w in stack.workers},
+    }
+
+
+async def soak(stack: Stack) -> list[dict[str, Any]]:
+    began = time.monotonic()
+    stop_at = began + MINUTES * 60
+    minutes: dict[int, Minute] = {}
+    polls = [
+        asyncio.create_task(rollout(i, stack.webhook.url, stop_at, minutes, began))
+        for i in range(ROLLOUTS)
+    ]
+    report: list[dict[str, Any]] = []
+    for n in range(1, int(MINUTES) + 1):
+        await asyncio.sleep(max(0.0, began + n * 60 - time.monotonic()))
+        done = minutes.get(n - 1, Minute())
+        row = {
+            "minute": n,
+            "polls": len(done.latencies) + done.errors + done.timeouts,
+            "errors": done.errors,
+            "timeouts": done.timeouts,
+            "statuses": done.statuses,
+            "p50_ms": pct(done.latencies, 0.5) * 1000 if done.latencies else float("nan"),
+            "p99_ms": pct(done.latencies, 0.99) * 1000 if done.latencies else float("nan"),
+            **await asyncio.to_thread(snapshot, stack),
+        }
+        report.append(row)
+        print(
+            f"min {n:>2}: {row['polls']:>5} polls, {row['errors']} errors, "
+            f"{row['timeouts']} timeouts, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+            f"redis {row['redis_used_mb']:.1f} MB / {row['redis_keys']:.0f} keys, "
+            + ", ".join(f"{k[4:-3]} {v:.0f} MB" for k, v in row.items() if k.startswith("rss_")),
+            flush=True,
+        )
+    await asyncio.gather(*polls)
+    # Polls that began in the last minute but finished after its report.
+    tail = minutes.get(int(MINUTES), Minute())
+    if report:
+        report[-1]["errors"] += tail.errors
+        report[-1]["timeouts"] += tail.timeouts
+    return report
+
+
+def verdict(report: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = sum(r["errors"] for r in report)
+    timeouts = sum(r["timeouts"] for r in report)
+    reference = report[1] if len(report) > 1 else report[0]
+    last = report[-1]
+    growth = {
+        key: last[key] / reference[key]
+        for key in last
+        if key.endswith("_mb") and reference[key] > 0
+    }
+    return {
+        "errors": errors,
+        "timeouts": timeouts,
+        "p99_ms_worst_minute": max(r["p99_ms"] for r in report),
+        "growth_last_vs_minute_2": growth,
+        "flat": all(g <= FLAT for g in growth.values()),
+        "passed": errors == 0 and timeouts == 0 and all(g <= FLAT for g in growth.values()),
+    }
+
+
+def main() -> int:
+    print(
+        f"soak: {ROLLOUTS} rollouts polling every {INTERVAL:g} s for {MINUTES:g} min "
+        f"({ROLLOUTS / INTERVAL:.0f} polls/s)",
+        flush=True,
+    )
+    # Production's reuse window (15 s): every 30 s poll of the latest window is a fresh analysis.
+    with stack_running({"ROLLOUT_ANALYZER_REUSE_SECONDS": "15"}) as stack:
+        report = asyncio.run(soak(stack))
+    result = {"rollouts": ROLLOUTS, "minutes": MINUTES, "interval_seconds": INTERVAL}
+    result |= {"per_minute": report, "verdict": verdict(report)}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    v = result["verdict"]
+    growth = ", ".join(f"{k} x{g:.2f}" for k, g in v["growth_last_vs_minute_2"].items())
+    print(
+        f"errors {v['errors']}, timeouts {v['timeouts']}, worst p99 {v['p99_ms_worst_minute']:.1f} "
+        f"ms; last minute vs minute 2: {growth} (flat: <= x{FLAT:.2f}) -> "
+        f"{'PASS' if v['passed'] else 'FAIL'}"
+    )
+    return 0 if v["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
