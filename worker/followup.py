@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import httpx
 import redis
+import redis.cluster
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,7 @@ from analysis.durations import format_time
 from analysis.policy import PolicySet
 from worker import tracing
 from worker.history import History, rollout_key
+from worker.keyspace import Keys
 from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import deliver, severity_allows
 from worker.notify.message import Notification
@@ -42,8 +44,14 @@ log = logging.getLogger("rollout_analyzer.followup")
 EVENT_TTL_SECONDS = 7 * 86400
 STEP_LEASE_SECONDS = 120
 
+# KEYS[1]: the rollout's state; the events it makes (ARGV[7] .. event id) share its slot tag.
+# ARGV[8]: the state's name before slot tags (standalone Redis; '' on a cluster), taken over once.
 TRANSITION = """
 local state, analysis_id, verdict, window_end = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+if ARGV[8] ~= '' and redis.call('EXISTS', state) == 0 then
+  local old = redis.call('HGETALL', ARGV[8])
+  if #old > 0 then redis.call('HSET', state, unpack(old)) end
+end
 if redis.call('HGET', state, 'analysis_id') == analysis_id then
   return {redis.call('HGET', state, 'event_id') or '', 'replay'}
 end
@@ -146,6 +154,9 @@ class Followup:
 
     def __post_init__(self) -> None:
         self.history = History(self.redis, self.prefix)
+        self.keys = Keys(self.prefix)
+        # Keys from before the slot tags can only exist on a standalone Redis.
+        self._legacy = not isinstance(self.redis, redis.cluster.RedisCluster)
         self._transition = self.redis.register_script(TRANSITION)
         self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
         self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
@@ -153,7 +164,7 @@ class Followup:
 
     # --- keys -------------------------------------------------------------------------------
     def _event_key(self, event_id: str) -> str:
-        return f"{self.prefix}event:{event_id}"
+        return self.keys.event(event_id)
 
     def _step_key(self, event_id: str, step: str) -> str:
         return f"{self.prefix}step:{event_id}:{step}"
@@ -177,7 +188,7 @@ class Followup:
         }
         window_end = (result.get("timing") or {}).get("queued_at", 0)
         event_id, state = self._transition(
-            keys=[f"{self.prefix}rollout:{key}"],
+            keys=[self.keys.rollout_state(key)],
             args=[
                 result["analysis_id"],
                 result["verdict"],
@@ -185,7 +196,8 @@ class Followup:
                 key,
                 EVENT_TTL_SECONDS,
                 json.dumps(event),
-                f"{self.prefix}event:",
+                self.keys.event_prefix(key),
+                self.keys.legacy_rollout_state(key) if self._legacy else "",
             ],
         )
         event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
@@ -220,10 +232,12 @@ class Followup:
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._event_key(event_id))
+        if raw is None and self._legacy:  # an event queued before the upgrade to slot tags
+            raw = self.redis.get(self.keys.legacy_event(event_id))
         return json.loads(raw) if raw else None
 
     def analysis(self, analysis_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(f"{self.prefix}analysis:{analysis_id}", "result")
+        raw = self.redis.hget(self.keys.record(analysis_id), "result")
         return json.loads(raw) if raw else None
 
     # --- once -------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Analysis state in Redis: dedup claims, records, worker leases, completion messages.
 
-Keys (prefix `ra:` by default):
-  claim:<identity>  → analysis id; lives `pending_seconds` while the analysis is queued or
+Keys (prefix `ra:` by default; `{t}` is a Redis Cluster hash tag, see worker/keyspace.py):
+  {t}claim:<identity> → analysis id; lives `pending_seconds` while the analysis is queued or
                       running, then `reuse_seconds` after it is done (the reuse window).
-  analysis:<id>     → hash: status (queued | running | done | error | superseded), spec,
+  {t}analysis:<id>  → hash: status (queued | running | done | error | superseded), spec,
                       result or error, timestamps; lives `result_ttl_seconds`.
-  lease:<id>        → the worker computing it; renewed while it runs. A running analysis
+  {t}lease:<id>     → the worker computing it; renewed while it runs. A running analysis
                       without a lease has lost its worker: the next call supersedes it.
   done:<id>         → pub/sub channel announcing completion (with the outcome) to waiting
                       webhook processes.
@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
+from worker.keyspace import Keys, new_analysis_id
+
+__all__ = ["AsyncStore", "Claim", "Keys", "Store", "decode_record", "new_analysis_id"]
+
+# KEYS: the claim, the new analysis's record. ARGV[1] is the prefix with the claim's slot tag:
+# every analysis of a claim shares its tag, so the current one's keys are in this slot too.
 CLAIM = """
 local prefix, new_id = ARGV[1], ARGV[2]
 local current = redis.call('GET', KEYS[1])
@@ -40,7 +45,7 @@ if current then
     redis.call('HSET', record, 'status', 'superseded', 'superseded_by', new_id)
   end
 end
-local record = prefix .. 'analysis:' .. new_id
+local record = KEYS[2]
 redis.call('HSET', record, 'id', new_id, 'claim', KEYS[1], 'status', 'queued',
            'spec', ARGV[5], 'queued_at', ARGV[6])
 redis.call('EXPIRE', record, ARGV[4])
@@ -92,35 +97,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[2], 'status', 'error', 'error', ARGV[2])
 return 'ok'
 """
-
-
-def new_analysis_id() -> str:
-    return uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class Keys:
-    prefix: str
-
-    def claim(self, identity: str) -> str:
-        return f"{self.prefix}claim:{identity}"
-
-    def record(self, analysis_id: str) -> str:
-        return f"{self.prefix}analysis:{analysis_id}"
-
-    def lease(self, analysis_id: str) -> str:
-        return f"{self.prefix}lease:{analysis_id}"
-
-    def done_channel(self, analysis_id: str) -> str:
-        return f"{self.prefix}done:{analysis_id}"
-
-    @property
-    def done_pattern(self) -> str:
-        return f"{self.prefix}done:*"
-
-    @property
-    def workers(self) -> str:
-        return f"{self.prefix}workers"
 
 
 def decode_record(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any] | None:
@@ -236,16 +212,17 @@ class AsyncStore:
         result_ttl_seconds: int,
         now: float,
     ) -> Claim:
-        new_id = new_analysis_id()
+        new_id = new_analysis_id(identity)
+        claim_key = self.keys.claim(identity)
         args = [
-            self.keys.prefix,
+            claim_key[: claim_key.index("}") + 1],  # the prefix with the claim's slot tag
             new_id,
             int(pending_seconds * 1000),
             result_ttl_seconds,
             json.dumps(spec),
             now,
         ]
-        found = await self._claim(keys=[self.keys.claim(identity)], args=args)
+        found = await self._claim(keys=[claim_key, self.keys.record(new_id)], args=args)
         record = None
         if len(found) > 2:
             flat = found[2]

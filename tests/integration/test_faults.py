@@ -46,7 +46,7 @@ def argo_metric(url: str, payload: dict) -> Metric:
 def lease_holder(stack, analysis_id_prefix: str = "") -> str | None:
     client = redis.Redis.from_url(stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
     prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
-    for key in client.scan_iter(f"{prefix}lease:{analysis_id_prefix}*"):
+    for key in client.scan_iter(f"{prefix}{{*}}lease:{analysis_id_prefix}*"):
         holder = client.get(key)
         if holder:
             return holder.decode()

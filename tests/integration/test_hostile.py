@@ -61,8 +61,8 @@ def hostile(stack_factory, prometheus, tmp_path_factory):
 def queue_state(stack) -> tuple[int, int]:
     client = redis.Redis.from_url(stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
     prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
-    claims = sum(1 for _ in client.scan_iter(f"{prefix}claim:*"))
-    records = sum(1 for _ in client.scan_iter(f"{prefix}analysis:*"))
+    claims = sum(1 for _ in client.scan_iter(f"{prefix}{{*}}claim:*"))
+    records = sum(1 for _ in client.scan_iter(f"{prefix}{{*}}analysis:*"))
     return claims, records
 
 

@@ -43,6 +43,7 @@ from tests.perf.naive import naive_queries, run_naive
 from tests.support.procs import PrometheusServer, RedisServer
 from tests.support.scenarios import BASELINE_HASH, CANARY_HASH
 from tests.support.service import Webhook, Worker, service_env
+from worker.keyspace import Keys
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / ".bench" / "results.json"
@@ -190,7 +191,7 @@ class Stack:
         return self.prometheus.http_requests_total("/api/v1/query")
 
     def analysis_records(self) -> int:
-        return sum(1 for _ in self.kv.scan_iter(f"{self.prefix}analysis:*", count=1000))
+        return sum(1 for _ in self.kv.scan_iter(f"{self.prefix}{{*}}analysis:*", count=1000))
 
 
 def call(http: httpx.Client, body: dict[str, Any]) -> tuple[float, httpx.Response]:
@@ -276,7 +277,7 @@ def measure_round_trips(stack: Stack, analyses: int = 20) -> dict[str, float]:
         assert response.status_code == 200, response.text
         analysis_id = response.headers["x-analysis-id"]
     elapsed = time.perf_counter() - began
-    record_key = f"{stack.prefix}analysis:{analysis_id}"
+    record_key = Keys(stack.prefix).record(analysis_id)
     return {
         "promql_per_analysis": (stack.promql_queries() - before) / analyses,
         # Idle workers and the webhook poll Redis too: that share is counted in, per analysis.
