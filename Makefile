@@ -14,11 +14,11 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# redis-server, prometheus and promtool are real processes in the tests, chromium loads the report
-# pages in them; install them when missing.
+# redis-server, redis-cli (the test Redis Cluster), prometheus and promtool are real processes in
+# the tests, chromium loads the report pages in them; install them when missing.
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing redis-server and prometheus from Debian"; \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing redis-server (redis-cli: the test Redis Cluster) and prometheus from Debian"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server prometheus >/dev/null; \
 	fi

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import PrometheusServer, RedisServer, start_with_scenarios
+from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.scenarios import DATA_END, DATA_START, SCENARIOS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,20 @@ def redis_flushed(redis_server: RedisServer) -> RedisServer:
     finally:
         client.close()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real Redis Cluster (3 masters, 1 replica each), started once for the session."""
+    began = time.perf_counter()
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster")).start()
+    _STARTUP_SECONDS["redis_cluster fixture: 6 nodes + cluster create"] = (
+        time.perf_counter() - began
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

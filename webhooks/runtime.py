@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from webhooks.producer import RedisTaskProducer, publishes_directly
+from worker.redis_clients import async_cluster_client
 from worker.settings import Settings
 from worker.store import AsyncStore, Store
 from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
@@ -127,7 +128,7 @@ def build_runtime(settings: Settings) -> Runtime:
         sync_store = Store(fakeredis.FakeRedis(server=server), settings.key_prefix)
         store = AsyncStore(client, settings.key_prefix)
         return Runtime(client, store, InProcessDispatcher(settings, sync_store), "in-process")
-    client = _client(settings.redis_url, settings)
+    client = _state_client(settings)
     store = AsyncStore(client, settings.key_prefix)
     broker = None
     if publishes_directly(settings.broker):
@@ -135,6 +136,17 @@ def build_runtime(settings: Settings) -> Runtime:
         broker = broker or _client(settings.broker, settings)
     own_broker = broker if broker is not client else None
     return Runtime(client, store, CeleryDispatcher(settings, broker), "celery", own_broker)
+
+
+def _state_client(settings: Settings) -> aioredis.Redis:
+    if not settings.redis_cluster:
+        return _client(settings.redis_url, settings)
+    return async_cluster_client(
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        socket_connect_timeout=0.5,
+        socket_timeout=2,
+    )
 
 
 def _client(url: str, settings: Settings) -> aioredis.Redis:

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from worker.store import AsyncStore, decode_completion
 
@@ -28,6 +29,7 @@ class CompletionWaiter:
         # A future's result: the final record from the completion message (None: read it).
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._node: aioredis.Redis | None = None  # a cluster node's connection, subscribed
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="completion-listener")
@@ -37,12 +39,16 @@ class CompletionWaiter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self._node is not None:
+            await self._node.aclose()
 
     async def _listen(self) -> None:
         prefix = self.store.keys.done_channel("")
+        attempt = 0
         while True:
+            attempt += 1
             try:
-                pubsub = self.client.pubsub()
+                pubsub = (await self._node_client(attempt)).pubsub()
                 await pubsub.psubscribe(self.store.keys.done_pattern)
                 async for message in pubsub.listen():
                     if message.get("type") != "pmessage":
@@ -55,6 +61,19 @@ class CompletionWaiter:
             except Exception as exc:  # Redis went away: waiters fall back to polling
                 log.warning("completion listener reconnecting", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(0.5)
+
+    async def _node_client(self, attempt: int) -> aioredis.Redis:
+        """Where to subscribe. A cluster delivers a PUBLISH to every node's subscribers, so
+        any one node will do: the next one on each reconnect, in case this one is gone."""
+        if not isinstance(self.client, AsyncRedisCluster):
+            return self.client
+        if self._node is not None:
+            await self._node.aclose()
+        await self.client.initialize()
+        nodes = sorted(self.client.get_nodes(), key=lambda n: n.name)
+        node = nodes[attempt % len(nodes)]
+        self._node = aioredis.Redis(host=node.host, port=node.port, socket_connect_timeout=1)
+        return self._node
 
     def _wake(self, analysis_id: str, data: bytes | str) -> None:
         futures = self._waiters.pop(analysis_id, [])

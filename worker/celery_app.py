@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from worker.redis_clients import sync_client
 from worker.settings import Settings, get_settings
 from worker.store import Store
 
@@ -59,7 +60,12 @@ def make_celery(settings: Settings) -> Celery:
 @lru_cache(maxsize=1)
 def worker_store() -> Store:
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = sync_client(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
     return Store(client, settings.key_prefix)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis.policy import PolicySet
@@ -20,6 +20,10 @@ class Settings(BaseSettings):
 
     # Redis carries the Celery queue and our own state (dedup claims, leases, results).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis_url names a Redis Cluster node: our state is sharded over the cluster. Celery's
+    # Redis transport is not cluster-aware, so the queue then needs broker_url (a separate
+    # Redis, or sentinel:// for one with fail-over).
+    redis_cluster: bool = False
     broker_url: str | None = None
     result_backend: str | None = None
     queue: str = "rollout-analyzer"
@@ -76,13 +80,24 @@ class Settings(BaseSettings):
     ui_token: SecretStr | None = None  # read-only: opens /ui, never /v1
     ui_auth_header: str | None = None  # e.g. X-Auth-Request-User, set by an auth proxy
 
+    @model_validator(mode="after")
+    def _broker_apart_from_a_cluster(self) -> Settings:
+        if self.redis_cluster and not self.in_process and not self.broker_url:
+            raise ValueError(
+                f"{ENV_PREFIX}BROKER_URL is required with {ENV_PREFIX}REDIS_CLUSTER: Celery's "
+                "Redis transport cannot use a Redis Cluster; name a separate Redis (or "
+                "sentinel://) for the task queue"
+            )
+        return self
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
 
     @property
     def backend(self) -> str:
-        return self.result_backend or self.redis_url
+        # Results are ignored (our store keeps them); never point Celery at a cluster.
+        return self.result_backend or (self.broker if self.redis_cluster else self.redis_url)
 
     def policies(self) -> PolicySet:
         return PolicySet.load(self.policies_file)

@@ -1,0 +1,193 @@
+"""Redis Cluster as the state store, the Celery broker on a separate plain Redis (the supported
+split): the core and action tests again, the settings check, and a master fail-over in the
+middle of a burst.
+
+The cluster is real (tests/support/redis_cluster.py: 3 masters + 3 replicas from redis-server,
+joined with `redis-cli --cluster create`, once per session); the broker is the session's
+redis-server. The core and action tests below are the same functions as in test_core_e2e.py and
+test_actions_e2e.py, collected here with this module's `stack` and `world` fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+
+from tests.integration.conftest import AUTH, start_stack
+from tests.integration.test_actions_e2e import (
+    test_a_verdict_change_is_a_new_event,  # noqa: F401 (collected here, on the cluster)
+    test_fail_rolls_back_traffic_and_tells_every_chat_once,  # noqa: F401
+)
+from tests.integration.test_core_e2e import (
+    POLICIES,
+    body_for,
+    pinned_end,
+    test_a_repeat_within_the_reuse_window_is_the_same_analysis_then_a_fresh_one,  # noqa: F401
+    test_every_scenario_gets_its_verdict,  # noqa: F401
+    test_fifty_concurrent_identical_calls_share_one_computation,  # noqa: F401
+    test_one_promql_round_trip_per_analysis,  # noqa: F401
+    test_stored_result_is_readable_by_id,  # noqa: F401
+)
+from tests.support.actions_world import ActionsWorld, argo_call, body, start_actions_world
+from tests.support.argo import Phase
+from tests.support.procs import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster_stacks(redis_cluster, redis_server, tmp_path_factory):
+    """Stacks whose state lives in the cluster and whose queue is on the plain redis-server."""
+    stacks = []
+
+    def make(name: str, *, settings: dict | None = None, **kwargs):
+        split = {
+            "ROLLOUT_ANALYZER_REDIS_CLUSTER": "true",
+            "ROLLOUT_ANALYZER_BROKER_URL": redis_server.url,
+        }
+        stack = start_stack(
+            redis_cluster.url,
+            tmp_path_factory.mktemp(name),
+            name,
+            settings={**split, **(settings or {})},
+            **kwargs,
+        )
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(cluster_stacks, prometheus, tmp_path_factory):
+    policies = tmp_path_factory.mktemp("policies") / "policies.yaml"
+    policies.write_text(POLICIES)
+    return cluster_stacks(
+        "core",
+        prometheus_url=prometheus.url,
+        settings={
+            "ROLLOUT_ANALYZER_POLICIES_FILE": str(policies),
+            "ROLLOUT_ANALYZER_REUSE_SECONDS": "2",
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def world(cluster_stacks, prometheus, redis_server, tmp_path_factory):
+    built = start_actions_world(
+        cluster_stacks, prometheus.url, tmp_path_factory.mktemp("actions"), "actions"
+    )
+    # Redelivered tasks go to the broker, not to the cluster.
+    celery = Celery(broker=redis_server.url)
+    built = ActionsWorld(built.stack, built.emulator, built.receivers, celery)
+    yield built
+    built.close()
+
+
+def test_state_is_spread_over_the_masters_and_the_queue_stays_off_the_cluster(
+    stack, prometheus, redis_cluster, redis_server
+):
+    rollouts = [f"spread-{i}" for i in range(12)]
+    with stack.client() as client:
+        for rollout in rollouts:
+            payload = body_for(prometheus, "good", rollout=rollout, end=pinned_end())
+            answer = client.post("/v1/analyze", json=payload)
+            assert answer.status_code == 200, answer.text
+    records = redis_cluster.keys_per_master("ra:core:{*}analysis:*")
+    assert sum(records.values()) >= len(rollouts)
+    assert sum(1 for n in records.values() if n) >= 2, records  # really sharded
+    # Celery's own keys are on the broker only.
+    broker = redis.Redis.from_url(redis_server.url)
+    assert broker.exists("_kombu.binding.ra-core")
+    assert not any(redis_cluster.keys_per_master("_kombu*").values())
+
+
+def test_a_cluster_without_a_separate_broker_is_refused_naming_the_setting(redis_cluster):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_ANALYZER_")}
+    env |= {
+        "ROLLOUT_ANALYZER_REDIS_URL": redis_cluster.url,
+        "ROLLOUT_ANALYZER_REDIS_CLUSTER": "true",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode != 0
+    assert "ROLLOUT_ANALYZER_BROKER_URL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+BURST = 48
+
+
+def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(world, redis_cluster):
+    stack, _emulator, receivers, _ = world.parts
+    world.reset()
+    rollouts = [f"burst-{i}" for i in range(BURST)]
+    answered: dict[str, list[Phase]] = {r: [] for r in rollouts}
+    lock = threading.Lock()
+
+    def argo(rollout: str) -> Phase:
+        """One AnalysisRun's measurement, retried as Argo retries an Error (up to 5 times)."""
+        for _ in range(5):
+            phase, _ = argo_call(stack, body("1") | {"rollout": rollout})
+            with lock:
+                answered[rollout].append(phase)
+            if phase != Phase.ERROR:
+                return phase
+            time.sleep(1)
+        return phase
+
+    def answers() -> int:
+        with lock:
+            return sum(1 for phases in answered.values() if Phase.FAILED in phases)
+
+    victim = redis_cluster.masters()[0]
+    with ThreadPoolExecutor(BURST) as pool:
+        phases = pool.map(argo, rollouts)
+        wait_for(lambda: answers() >= BURST // 6, 30, "the burst to be under way", 0.01)
+        promoted = redis_cluster.failover(victim)
+        in_flight_at_failover = BURST - answers()
+        final = list(phases)
+
+    assert victim not in redis_cluster.masters() and promoted in redis_cluster.masters()
+    assert in_flight_at_failover > 0, "the burst was over before the fail-over ended"
+    # 0 lost: every rollout got its verdict (after Argo's retries, if a call answered Error).
+    assert final == [Phase.FAILED] * BURST, answered
+    # ... and no analysis is left queued or running in the cluster.
+    statuses: dict[str, int] = {}
+    for port in redis_cluster.masters():
+        node = redis_cluster.client(port)
+        for key in node.scan_iter("ra:actions:{*}analysis:*"):
+            status = node.hget(key, "status").decode()
+            statuses[status] = statuses.get(status, 0) + 1
+    assert set(statuses) <= {"done"}, statuses
+
+    # 0 duplicates: one event per rollout, one message per event and target, one traffic
+    # action per event, however the fail-over and any redelivery fell.
+    wait_for(lambda: len(receivers.accepted("generic")) >= BURST, 30, "every message")
+    time.sleep(2)  # any late duplicate would arrive by now
+    for service in ("slack", "dingtalk", "feishu", "generic"):
+        assert len(receivers.accepted(service)) == BURST, service
+    generic = [m.body for m in receivers.accepted("generic")]
+    assert sorted(m["rollout"] for m in generic) == sorted(rollouts)
+    with httpx.Client(base_url=stack.url, headers=AUTH, timeout=10) as client:
+        for message in generic:
+            stored = client.get(f"/v1/analyses/{message['analysis_id']}").json()
+            assert len(stored["actions"]) == 1, stored["actions"]
