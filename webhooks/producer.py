@@ -38,7 +38,8 @@ class RedisTaskProducer:
     def envelope(self, task: str, args: list[Any]) -> bytes:
         """The bytes `send_task(task, args=args, queue=queue)` would push (kombu Redis)."""
         task_id = str(uuid.uuid4())
-        message = self._app.amqp.as_task_v2(task_id, task, args=args)
+        # Results live in our store (task_ignore_result): say so, or the worker writes them.
+        message = self._app.amqp.as_task_v2(task_id, task, args=args, ignore_result=True)
         headers = dict(message.headers)
         tracing.inject(headers)  # what the before_task_publish hook does for send_task
         body = json.dumps(message.body).encode()
@@ -51,7 +52,7 @@ class RedisTaskProducer:
                 "properties": {
                     **message.properties,
                     "delivery_mode": 2,
-                    "delivery_info": {"exchange": self._queue, "routing_key": self._queue},
+                    "delivery_info": {"exchange": "", "routing_key": self._queue},
                     "priority": 0,
                     "body_encoding": "base64",
                     "delivery_tag": str(uuid.uuid4()),

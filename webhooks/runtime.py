@@ -125,7 +125,9 @@ def build_runtime(settings: Settings) -> Runtime:
 
         server = fakeredis.FakeServer()
         client = fakeredis.FakeAsyncRedis(server=server)
-        sync_store = Store(fakeredis.FakeRedis(server=server), settings.key_prefix)
+        sync_store = Store(
+            fakeredis.FakeRedis(server=server), settings.key_prefix, settings.retention()
+        )
         store = AsyncStore(client, settings.key_prefix)
         return Runtime(client, store, InProcessDispatcher(settings, sync_store), "in-process")
     client = _state_client(settings)

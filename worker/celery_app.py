@@ -66,7 +66,7 @@ def worker_store() -> Store:
         socket_connect_timeout=2,
         socket_timeout=5,
     )
-    return Store(client, settings.key_prefix)
+    return Store(client, settings.key_prefix, settings.retention())
 
 
 def worker_name() -> str:

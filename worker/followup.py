@@ -34,6 +34,7 @@ from worker.notify.delivery import deliver, severity_allows
 from worker.notify.message import Notification
 from worker.notify.providers import ChatTarget
 from worker.report_links import report_url, timeline_path
+from worker.retention import Keeper
 from worker.task_names import ACT_TASK, NOTIFY_TASK
 from worker.traffic.istio import Destination, TrafficTarget, api_client_from_settings
 from worker.traffic.istio import rollback as istio_rollback
@@ -151,10 +152,12 @@ class Followup:
     deliver_options: dict[str, Any] | None = None
     kube_timeout_seconds: float = 10.0
     public_url: str | None = None  # where people open the report pages
+    result_ttl_seconds: int = 86400
 
     def __post_init__(self) -> None:
         self.history = History(self.redis, self.prefix)
         self.keys = Keys(self.prefix)
+        self.keeper = Keeper(self.redis, self.keys, self.result_ttl_seconds)
         # Keys from before the slot tags can only exist on a standalone Redis.
         self._legacy = not isinstance(self.redis, redis.cluster.RedisCluster)
         self._transition = self.redis.register_script(TRANSITION)
@@ -203,6 +206,8 @@ class Followup:
         event_id = event_id.decode() if isinstance(event_id, bytes) else event_id
         if event_id:
             self.history.event(key, event_id, time.time(), result["analysis_id"])
+            # Behind a verdict change: readable for the full result TTL, not replaced away.
+            self.keeper.keep(result["analysis_id"])
             self.enqueue(ACT_TASK, [event_id])
             return str(event_id)
         log.info("no new event", extra={"rollout_key": key, "state": _text(state)})
@@ -264,6 +269,8 @@ class Followup:
             actions = self._traffic(result)
             for action in actions:
                 self.redis.rpush(self.actions_key(event["analysis_id"]), json.dumps(action))
+            if actions:  # as long as the analysis they belong to
+                self.redis.expire(self.actions_key(event["analysis_id"]), self.result_ttl_seconds)
             self._done(event_id, "traffic", {"actions": actions})
         notify_to = self._target_names(result)
         for name in notify_to:
@@ -486,4 +493,5 @@ def build_followup(
         http=httpx.Client(timeout=settings.notify_timeout_seconds),
         kube_timeout_seconds=settings.kube_timeout_seconds,
         public_url=settings.public_url,
+        result_ttl_seconds=settings.result_ttl_seconds,
     )

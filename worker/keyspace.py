@@ -46,6 +46,9 @@ class Keys:
     def claim(self, identity: str) -> str:
         return f"{self.prefix}{{{slot_tag(identity)}}}claim:{identity}"
 
+    def tagged_prefix(self, analysis_id: str) -> str:
+        return f"{self.prefix}{{{analysis_id[:SLOT_TAG_CHARS]}}}"
+
     def record(self, analysis_id: str) -> str:
         return f"{self.prefix}{{{analysis_id[:SLOT_TAG_CHARS]}}}analysis:{analysis_id}"
 

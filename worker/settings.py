@@ -11,6 +11,7 @@ from analysis.policy import PolicySet
 from analysis.sources import MetricsSource
 from analysis.sources.prometheus import PrometheusConfig, PrometheusSource
 from analysis.sources.recording import RecordingSource
+from worker.store import Retention
 
 ENV_PREFIX = "ROLLOUT_ANALYZER_"
 
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     result_ttl_seconds: int = Field(86400, ge=60)
     # A live canary's evidence outlives pauses between Argo's steps; unpolled this long, it ends.
     sequence_ttl_seconds: float = Field(21600, ge=60, le=30 * 86400)
+    # An analysis replaced by a newer one of the same request (Argo's next poll), and behind no
+    # verdict change or action, is kept only this long: Redis memory follows canaries, not polls.
+    replaced_ttl_seconds: int = Field(60, ge=1)
     # A running analysis whose worker stops renewing this lease is taken over by the next call.
     lease_seconds: float = Field(6.0, ge=1, le=300)
     # How long a queued analysis may wait for a worker before a new call starts afresh.
@@ -98,6 +102,9 @@ class Settings(BaseSettings):
     def backend(self) -> str:
         # Results are ignored (our store keeps them); never point Celery at a cluster.
         return self.result_backend or (self.broker if self.redis_cluster else self.redis_url)
+
+    def retention(self) -> Retention:
+        return Retention(self.result_ttl_seconds, self.replaced_ttl_seconds)
 
     def policies(self) -> PolicySet:
         return PolicySet.load(self.policies_file)

@@ -5,6 +5,7 @@ Keys (prefix `ra:` by default; `{t}` is a Redis Cluster hash tag, see worker/key
                       running, then `reuse_seconds` after it is done (the reuse window).
   {t}analysis:<id>  → hash: status (queued | running | done | error | superseded), spec,
                       result or error, timestamps; lives `result_ttl_seconds`.
+  {t}latest:<identity> → the latest finished analysis of the identity (see Retention).
   {t}lease:<id>     → the worker computing it; renewed while it runs. A running analysis
                       without a lease has lost its worker: the next call supersedes it.
   done:<id>         → pub/sub channel announcing completion (with the outcome) to waiting
@@ -25,7 +26,15 @@ import redis.asyncio as aioredis
 
 from worker.keyspace import Keys, new_analysis_id
 
-__all__ = ["AsyncStore", "Claim", "Keys", "Store", "decode_record", "new_analysis_id"]
+__all__ = [
+    "AsyncStore",
+    "Claim",
+    "Keys",
+    "Retention",
+    "Store",
+    "decode_record",
+    "new_analysis_id",
+]
 
 # KEYS: the claim, the new analysis's record. ARGV[1] is the prefix with the claim's slot tag:
 # every analysis of a claim shares its tag, so the current one's keys are in this slot too.
@@ -80,6 +89,19 @@ if ARGV[2] == 'done' then field = 'result' end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], field, ARGV[3], 'finished_at', ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 local claim = redis.call('HGET', KEYS[1], 'claim')
+-- Retention: the latest finished analysis of a claim's identity is kept result_ttl; the one it
+-- replaces only ARGV[10] s, unless an event (a verdict change, an action) marked it kept.
+local tagged = ARGV[9]
+if claim and string.sub(claim, 1, #tagged + 6) == tagged .. 'claim:' then
+  local latest = tagged .. 'latest:' .. string.sub(claim, #tagged + 7)
+  local previous = redis.call('GET', latest)
+  if previous and previous ~= ARGV[6] then
+    local old = tagged .. 'analysis:' .. previous
+    if redis.call('HGET', old, 'kept') ~= '1' then redis.call('EXPIRE', old, ARGV[10]) end
+  end
+  redis.call('SET', latest, ARGV[6], 'EX', ARGV[11])
+  redis.call('EXPIRE', KEYS[1], ARGV[11])
+end
 if claim and redis.call('GET', claim) == ARGV[6] then
   if ARGV[2] == 'done' and tonumber(ARGV[5]) > 0 then
     redis.call('PEXPIRE', claim, ARGV[5])
@@ -112,6 +134,16 @@ def decode_record(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any] | 
     return record
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long finished analyses stay: the latest of each claim identity (what someone
+    reads) for `result_ttl_seconds`, one replaced by a newer analysis only
+    `replaced_ttl_seconds` (unless an event kept it), so memory follows canaries, not polls."""
+
+    result_ttl_seconds: int = 86400
+    replaced_ttl_seconds: int = 60
+
+
 def completion_message(status: str, body: str) -> str:
     """What FINISH publishes: the record's final fields, as JSON (body is JSON already)."""
     field = "result" if status == "done" else "error"
@@ -132,9 +164,12 @@ def decode_completion(message: bytes | str) -> dict[str, Any] | None:
 class Store:
     """Worker side (synchronous)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "ra:") -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "ra:", retention: Retention | None = None
+    ) -> None:
         self.redis = client
         self.keys = Keys(prefix)
+        self.retention = retention or Retention()
         self._start = client.register_script(START)
         self._renew = client.register_script(RENEW)
         self._finish = client.register_script(FINISH)
@@ -171,6 +206,9 @@ class Store:
             analysis_id,
             self.keys.done_channel(analysis_id),
             completion_message(status, body),
+            self.keys.tagged_prefix(analysis_id),
+            self.retention.replaced_ttl_seconds,
+            self.retention.result_ttl_seconds,
         ]
         return _text(self._finish(keys=keys, args=args))
 

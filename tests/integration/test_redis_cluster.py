@@ -112,6 +112,9 @@ def test_state_is_spread_over_the_masters_and_the_queue_stays_off_the_cluster(
     broker = redis.Redis.from_url(redis_server.url)
     assert broker.exists("_kombu.binding.ra-core")
     assert not any(redis_cluster.keys_per_master("_kombu*").values())
+    # Results live in our store: Celery writes none anywhere.
+    assert not list(broker.scan_iter("celery-task-meta-*"))
+    assert not any(redis_cluster.keys_per_master("celery-task-meta-*").values())
 
 
 def test_a_cluster_without_a_separate_broker_is_refused_naming_the_setting(redis_cluster):

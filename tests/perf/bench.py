@@ -39,6 +39,7 @@ from analysis.queries import build_query
 from analysis.request import parse_request, resolve
 from tests.perf.dataset import NAMESPACE, SERVICES, start_prometheus
 from tests.perf.loadgen import Result, post_all
+from tests.perf.memory import measure_memory
 from tests.perf.naive import naive_queries, run_naive
 from tests.support.procs import PrometheusServer, RedisServer
 from tests.support.scenarios import BASELINE_HASH, CANARY_HASH
@@ -568,6 +569,23 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         f"<= {CAP}",
         b["prometheus_in_flight_max"] <= CAP,
     )
+    m = r["memory"]
+    add(
+        f"10. Redis bytes kept per canary / per further poll ({m['analyses']} analyses)",
+        f"{m['bytes_per_canary']:.0f} B / {m['bytes_per_poll_kept']:.0f} B",
+        f"{m['record_bytes']} B",
+        None,
+        "",
+        None,
+    )
+    add(
+        "10. Redis for 10,000 rollouts / 30 s / 24 h (extrapolated)",
+        f"{m['extrapolated_bytes'] / 1e9:.2f} GB",
+        f"{m['keep_every_poll_bytes'] / 1e9:.0f} GB",
+        m["extrapolated_bytes"] / m["keep_every_poll_bytes"],
+        "<= 4 GB",
+        m["extrapolated_bytes"] <= 4e9,
+    )
     if r.get("tracing_overhead") is not None:
         add(
             "tracing overhead (tests/perf/tracing_overhead.py)",
@@ -625,6 +643,8 @@ def main() -> int:
         results["burst"] = measure_burst(stack)
         results["naive_burst"] = measure_naive_burst(stack)
         results["cached"] = measure_cached(stack)
+        print("memory: 5,000 analyses on a stack of their own…", flush=True)
+        results["memory"] = measure_memory(stack.prometheus.url, stack.work, body_for)
     results["tracing_overhead"] = tracing_overhead()
     table = rows(results)
     head = ("figure", "ours", "baseline", "ratio", "target", "met")

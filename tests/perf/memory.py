@@ -1,0 +1,130 @@
+"""Redis bytes per poll, for `make bench`: does memory follow canaries or polls?
+
+A stack of its own (fresh redis-server, webhook, 2 workers; the bench's Prometheus) with no reuse
+window, so every poll is a fresh analysis, and a short `replaced_ttl_seconds`, so what a poll
+leaves behind *after* its replacement window is visible within the run:
+
+- round 1: ROLLOUTS canaries polled once   → A, bytes kept per canary (`INFO memory` delta);
+- rounds 2..ROUNDS: each polled again      → B, bytes kept per further poll: the growth from
+                                             the middle of the run to its end, both measured
+                                             once replaced analyses expired (5,000 analyses);
+- C: `MEMORY USAGE` of one stored analysis (what a replaced one holds during its window).
+
+Extrapolated to N rollouts polled every I s for 24 h with production's replaced window W:
+N·A + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis for 24 h).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.perf.loadgen import post_all
+from tests.support.procs import RedisServer
+from tests.support.service import Webhook, Worker, service_env
+from worker.keyspace import Keys
+from worker.settings import Settings
+
+ROLLOUTS = 500
+ROUNDS = 10  # 5,000 analyses in all
+REPLACED_TTL_IN_RUN = 3
+TARGET_ROLLOUTS, TARGET_INTERVAL, TARGET_BYTES = 10_000, 30, 4e9
+# Verdict changes per rollout per day kept for 24 h (each is an event: first verdict, pass →
+# fail ...); a generous guess, as the bench's canaries never change.
+CHANGES_PER_ROLLOUT_PER_DAY = 10
+
+
+def used(kv: redis.Redis) -> int:
+    return int(kv.info("memory")["used_memory"])
+
+
+def settled(kv: redis.Redis) -> int:
+    """Memory once the replaced analyses' window has passed and every expired key is freed."""
+    time.sleep(REPLACED_TTL_IN_RUN + 2)
+    for _ in kv.scan_iter(count=1000):  # a key found expired when visited is freed then
+        pass
+    return used(kv)
+
+
+async def round_of(url: str, bodies: list[dict[str, Any]]) -> list[int | str]:
+    results = []
+    for start in range(0, len(bodies), 100):  # 100 at a time: a steady load, no timeouts
+        batch = await post_all(url, "/v1/analyze", bodies[start : start + 100], 10.0)
+        results += [status for _, status, _ in batch]
+    return results
+
+
+def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, Any]:
+    store = RedisServer(work_dir=work / "memory-redis").start()
+    prefix = "ra:mem:"
+    env = service_env(
+        store.url,
+        prometheus_url=prometheus_url,
+        key_prefix=prefix,
+        queue="ra-mem",
+        extra={
+            "ROLLOUT_ANALYZER_REUSE_SECONDS": "0",
+            "ROLLOUT_ANALYZER_REPLACED_TTL_SECONDS": str(REPLACED_TTL_IN_RUN),
+        },
+    )
+    workers = [Worker(env, work, concurrency=8, name=f"mem-w{i}").start() for i in range(2)]
+    webhook = Webhook(env, work).start()
+    kv = redis.Redis.from_url(store.url)
+    try:
+        warm = [body_for(i, f"mem-warm-{i}") for i in range(ROLLOUTS)]
+        asyncio.run(round_of(webhook.url, warm))  # connections and scripts up
+        base = settled(kv)
+        bodies = [body_for(i, f"mem-{i}") for i in range(ROLLOUTS)]
+        statuses = asyncio.run(round_of(webhook.url, bodies))
+        after_first = used(kv)
+        peak = 0
+        half = ROUNDS // 2
+        for n in range(2, ROUNDS + 1):
+            statuses += asyncio.run(round_of(webhook.url, bodies))
+            peak = max(peak, used(kv))
+            if n == half:
+                at_half = settled(kv)
+        after_all = settled(kv)
+        sample = next(kv.scan_iter(f"{prefix}{{*}}analysis:*", count=1000))
+        record_bytes = int(kv.memory_usage(sample, samples=0) or 0)
+        kinds: dict[str, int] = {}
+        for key in kv.scan_iter(count=1000):
+            kind = key.decode().rpartition("}")[2].split(":")[0] if b"}" in key else key[:12]
+            kinds[str(kind)] = kinds.get(str(kind), 0) + 1
+        polls = ROLLOUTS * ROUNDS
+        per_canary = (after_first - base) / ROLLOUTS
+        # Growth between the middle and the end, both settled: what further polls leave.
+        per_poll = (after_all - at_half) / ((ROUNDS - half) * ROLLOUTS)
+        records = sum(1 for _ in kv.scan_iter(f"{prefix}{{*}}analysis:*", count=1000))
+    finally:
+        kv.close()
+        for proc in [webhook, *workers, store]:
+            proc.stop()
+    window = Settings().replaced_ttl_seconds
+    polls_per_second = TARGET_ROLLOUTS / TARGET_INTERVAL
+    extrapolated = (
+        TARGET_ROLLOUTS * per_canary
+        + polls_per_second * 86400 * max(0.0, per_poll)
+        + polls_per_second * window * record_bytes
+        + TARGET_ROLLOUTS * CHANGES_PER_ROLLOUT_PER_DAY * record_bytes
+    )
+    return {
+        "analyses": polls,
+        "rollouts": ROLLOUTS,
+        "ok": sum(s == 200 for s in statuses),
+        "bytes_per_canary": per_canary,
+        "bytes_per_poll_kept": per_poll,
+        "bytes_per_poll_in_run": (peak - base) / polls,
+        "record_bytes": record_bytes,
+        "records_left": records,
+        "keys_left": kinds,
+        "replaced_ttl_seconds": window,
+        "extrapolated_bytes": extrapolated,
+        # What keeping every poll for the result TTL (the old way) would take.
+        "keep_every_poll_bytes": polls_per_second * Settings().result_ttl_seconds * record_bytes,
+        "record_key_example": Keys(prefix).record("0" * 32),
+    }
