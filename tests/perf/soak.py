@@ -3,10 +3,11 @@
 Every rollout polls the latest window every SOAK_INTERVAL seconds (Argo's `interval`), on a
 connection of its own with Argo's 10 s timeout, starting at a random offset. Each minute prints
 the polls, errors, timeouts, p50/p99, Redis memory and the RSS of every process; the end prints
-the verdict: 0 errors, 0 timeouts, and Redis memory and RSS flat after the first reuse windows
-(the last minute within SOAK_FLAT of the second minute's figure).
+the verdict: 0 errors, 0 timeouts, and Redis memory and RSS flat after the first reuse and
+replaced-analysis windows (the last minute within SOAK_FLAT of minute SOAK_SETTLED's figure).
 
-Knobs: SOAK_ROLLOUTS (2000), SOAK_MINUTES (10), SOAK_INTERVAL (30 s), SOAK_FLAT (1.10).
+Knobs: SOAK_ROLLOUTS (2000), SOAK_MINUTES (10), SOAK_INTERVAL (30 s), SOAK_FLAT (1.10),
+SOAK_SETTLED (3: after a 60 s replaced window and a few 30 s polls).
 Not part of `make test`; results in .bench/soak.json.
 """
 
@@ -29,6 +30,7 @@ ROLLOUTS = int(os.environ.get("SOAK_ROLLOUTS", "2000"))
 MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
 INTERVAL = float(os.environ.get("SOAK_INTERVAL", "30"))
 FLAT = float(os.environ.get("SOAK_FLAT", "1.10"))
+SETTLED = int(os.environ.get("SOAK_SETTLED", "3"))
 ARGO_TIMEOUT_SECONDS = 10.0
 RESULTS = REPO / ".bench" / "soak.json"
 
@@ -114,7 +116,7 @@ async def soak(stack: Stack) -> list[dict[str, Any]]:
 def verdict(report: list[dict[str, Any]]) -> dict[str, Any]:
     errors = sum(r["errors"] for r in report)
     timeouts = sum(r["timeouts"] for r in report)
-    reference = report[1] if len(report) > 1 else report[0]
+    reference = report[min(SETTLED, len(report)) - 1]
     last = report[-1]
     growth = {
         key: last[key] / reference[key]
@@ -125,7 +127,7 @@ def verdict(report: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": errors,
         "timeouts": timeouts,
         "p99_ms_worst_minute": max(r["p99_ms"] for r in report),
-        "growth_last_vs_minute_2": growth,
+        f"growth_last_vs_minute_{SETTLED}": growth,
         "flat": all(g <= FLAT for g in growth.values()),
         "passed": errors == 0 and timeouts == 0 and all(g <= FLAT for g in growth.values()),
     }
@@ -145,10 +147,10 @@ def main() -> int:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     v = result["verdict"]
-    growth = ", ".join(f"{k} x{g:.2f}" for k, g in v["growth_last_vs_minute_2"].items())
+    growth = ", ".join(f"{k} x{g:.2f}" for k, g in v[f"growth_last_vs_minute_{SETTLED}"].items())
     print(
         f"errors {v['errors']}, timeouts {v['timeouts']}, worst p99 {v['p99_ms_worst_minute']:.1f} "
-        f"ms; last minute vs minute 2: {growth} (flat: <= x{FLAT:.2f}) -> "
+        f"ms; last minute vs minute {SETTLED}: {growth} (flat: <= x{FLAT:.2f}) -> "
         f"{'PASS' if v['passed'] else 'FAIL'}"
     )
     return 0 if v["passed"] else 1
