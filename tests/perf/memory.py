@@ -8,10 +8,13 @@ leaves behind *after* its replacement window is visible within the run:
 - rounds 2..ROUNDS: each polled again      → B, bytes kept per further poll: the growth from
                                              the middle of the run to its end, both measured
                                              once replaced analyses expired (5,000 analyses);
-- C: `MEMORY USAGE` of one stored analysis (what a replaced one holds during its window).
+- C: `MEMORY USAGE` of one stored analysis (what a replaced one holds during its window);
+- S: a live canary's sequence (worker/sequences.py) at its largest: it keeps the summaries of
+  its last HISTORY_KEPT polls, so it grows with a canary's first polls, then stays (its growth
+  in the run is taken out of B).
 
 Extrapolated to N rollouts polled every I s for 24 h with production's replaced window W:
-N·A + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis for 24 h).
+N·(A + S) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis 24 h).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import redis
 
+from analysis.sequential import HISTORY_KEPT
 from tests.perf.loadgen import post_all
 from tests.support.procs import RedisServer
 from tests.support.service import Webhook, Worker, service_env
@@ -40,6 +44,10 @@ CHANGES_PER_ROLLOUT_PER_DAY = 10
 
 def used(kv: redis.Redis) -> int:
     return int(kv.info("memory")["used_memory"])
+
+
+def sequence_bytes(kv: redis.Redis, prefix: str) -> int:
+    return sum(int(kv.memory_usage(k, samples=0) or 0) for k in kv.scan_iter(f"{prefix}seq:*"))
 
 
 def settled(kv: redis.Redis) -> int:
@@ -87,8 +95,14 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
             statuses += asyncio.run(round_of(webhook.url, bodies))
             peak = max(peak, used(kv))
             if n == half:
-                at_half = settled(kv)
-        after_all = settled(kv)
+                at_half, seq_at_half = settled(kv), sequence_bytes(kv, prefix)
+        after_all, seq_at_end = settled(kv), sequence_bytes(kv, prefix)
+        # A live canary's sequence grows with its first HISTORY_KEPT polls, then stays: count
+        # it per canary at its largest, and leave its growth out of what polls keep.
+        sequence_cap = max(
+            (int(kv.memory_usage(k, samples=0) or 0) for k in kv.scan_iter(f"{prefix}seq:*")),
+            default=0,
+        )
         sample = next(kv.scan_iter(f"{prefix}{{*}}analysis:*", count=1000))
         record_bytes = int(kv.memory_usage(sample, samples=0) or 0)
         kinds: dict[str, int] = {}
@@ -98,7 +112,8 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         polls = ROLLOUTS * ROUNDS
         per_canary = (after_first - base) / ROLLOUTS
         # Growth between the middle and the end, both settled: what further polls leave.
-        per_poll = (after_all - at_half) / ((ROUNDS - half) * ROLLOUTS)
+        grown = (after_all - at_half) - (seq_at_end - seq_at_half)
+        per_poll = grown / ((ROUNDS - half) * ROLLOUTS)
         records = sum(1 for _ in kv.scan_iter(f"{prefix}{{*}}analysis:*", count=1000))
     finally:
         kv.close()
@@ -107,7 +122,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
     window = Settings().replaced_ttl_seconds
     polls_per_second = TARGET_ROLLOUTS / TARGET_INTERVAL
     extrapolated = (
-        TARGET_ROLLOUTS * per_canary
+        TARGET_ROLLOUTS * (per_canary + sequence_cap)
         + polls_per_second * 86400 * max(0.0, per_poll)
         + polls_per_second * window * record_bytes
         + TARGET_ROLLOUTS * CHANGES_PER_ROLLOUT_PER_DAY * record_bytes
@@ -120,6 +135,8 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "bytes_per_poll_kept": per_poll,
         "bytes_per_poll_in_run": (peak - base) / polls,
         "record_bytes": record_bytes,
+        "sequence_bytes_at_cap": sequence_cap,
+        "sequence_history_kept": HISTORY_KEPT,
         "records_left": records,
         "keys_left": kinds,
         "replaced_ttl_seconds": window,
