@@ -48,7 +48,9 @@ async def rollout(
 ) -> None:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    body = body_for(i, f"soak-{i}")
+    # Each rollout its own canary, as in a cluster (a live sequence per canary): the data has
+    # SERVICES canary pairs, so a never-reached latency limit tells the rest apart.
+    body = body_for(i, f"soak-{i}") | {"overrides": {"max_latency_p50": 100 + i}}
     await asyncio.sleep(random.uniform(0, INTERVAL))
     while time.monotonic() < stop_at:
         polled = time.monotonic()
