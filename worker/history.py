@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from analysis.durations import parse_time
+from worker.keyspace import Keys
 
 HISTORY_TTL_SECONDS = 7 * 86400
 MAX_POLLS = 500  # per rollout revision
@@ -59,14 +60,14 @@ class History:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
-        self.analysis_prefix = f"{prefix}analysis:"
+        self.keys = Keys(prefix)
         self.prefix = f"{prefix}history:"
 
     def poll(self, result: dict[str, Any]) -> None:
         key = rollout_key(result)
         live = result.get("live")
         if live is None:  # answers gain `live` later; until then: no explicit `end` = live
-            spec = self.redis.hget(f"{self.analysis_prefix}{result['analysis_id']}", "spec")
+            spec = self.redis.hget(self.keys.record(result["analysis_id"]), "spec")
             live = spec is None or json.loads(spec).get("end") is None
         summary = poll_summary(result, bool(live))
         at = parse_time(summary["time"])

@@ -87,6 +87,7 @@ RESULT = {
     "revision": "4",
     "live": True,
     "timing": {"queued_at": time.time()},
+    "window": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:05:00Z", "seconds": 300},
 }
 
 

@@ -56,6 +56,7 @@ def poll(store: Store, astore: AsyncStore, followup: Followup, verdict: str) -> 
         "revision": "7",
         "live": True,
         "timing": {"queued_at": time.time()},
+        "window": {"start": "2026-01-01T00:00:00Z", "end": "2026-01-01T00:05:00Z", "seconds": 300},
     }
     store.finish(claim.analysis_id, "w", status="done", payload=result, reuse_seconds=0)
     followup.on_verdict(result)

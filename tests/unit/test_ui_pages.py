@@ -24,6 +24,7 @@ from webhooks.ui.auth import UiAuth
 from webhooks.ui.charts import bucket_shares
 from webhooks.ui.data import EventView, UiData
 from worker.history import History
+from worker.keyspace import Keys
 
 EVIL = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 RECORDING = Path(analysis.__file__).parent / "data" / "demo-recording.json"
@@ -252,7 +253,7 @@ def test_history_keeps_each_poll_once_and_the_pages_read_it_back():
     history.event("shop/checkout@4", "shop/checkout@4#1", 1.0, "1" * 32)
     history.step("shop/checkout@4#1", "notify:team")
     client = fakeredis.FakeRedis(server=server)
-    client.set("ra:event:shop/checkout@4#1", json.dumps(
+    client.set(Keys("ra:").event("shop/checkout@4#1"), json.dumps(
         {"kind": "verdict", "verdict": "fail", "analysis_id": "1" * 32, "time": 1.0}))  # fmt: skip
     client.set("ra:step:shop/checkout@4#1:notify:team", json.dumps(
         {"target": "team", "status": "delivered", "attempts": 1, "http_status": 200}))  # fmt: skip

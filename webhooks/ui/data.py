@@ -10,6 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from worker.history import rollout_key
+from worker.keyspace import Keys
 from worker.store import decode_record
 
 RECENT_ROLLOUTS = 100
@@ -61,10 +62,11 @@ class UiData:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)  # the store's and follow-up's names (Redis Cluster hash tags)
         self.history = f"{prefix}history:"
 
     async def analysis(self, analysis_id: str) -> AnalysisView | None:
-        record = decode_record(await self.redis.hgetall(f"{self.prefix}analysis:{analysis_id}"))
+        record = decode_record(await self.redis.hgetall(self.keys.record(analysis_id)))
         if record is None:
             return None
         record.pop("claim", None)
@@ -111,7 +113,7 @@ class UiData:
         return [(_text(k), float(s), await self.last_poll(_text(k))) for k, s in found]
 
     async def _event(self, event_id: str) -> EventView | None:
-        event = _json(await self.redis.get(f"{self.prefix}event:{event_id}"))
+        event = _json(await self.redis.get(self.keys.event(event_id)))
         if not isinstance(event, dict):
             return None
         members = await self.redis.smembers(f"{self.history}steps:{event_id}")
