@@ -571,8 +571,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
     )
     m = r["memory"]
     add(
-        f"10. Redis bytes per canary (+ sequence) / per further poll ({m['analyses']} polls)",
-        f"{m['bytes_per_canary']:.0f} B (+ {m['sequence_bytes_at_cap']} B) / "
+        f"10. Redis bytes per canary (+ at caps) / per further poll ({m['analyses']} polls)",
+        f"{m['bytes_per_canary']:.0f} B (+ {m['sequence_bytes_at_cap']} B sequence"
+        f" + {m['poll_history_bytes_at_cap']:.0f} B history) / "
         f"{m['bytes_per_poll_kept']:.0f} B",
         f"{m['record_bytes']} B",
         None,

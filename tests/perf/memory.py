@@ -12,10 +12,11 @@ leaves behind *after* its replacement window is visible within the run:
   window; a live report carries its sequence's last 20 poll summaries);
 - S: a live canary's sequence (worker/sequences.py) at its largest: it keeps the summaries of
   its last HISTORY_KEPT polls, so it grows with a canary's first polls, then stays (its growth
-  in the run is taken out of B).
+  in the run is taken out of B); H: the report pages' poll history of a rollout
+  (worker/history.py) at its cap of MAX_POLLS summaries, likewise.
 
 Extrapolated to N rollouts polled every I s for 24 h with production's replaced window W:
-N·(A + S) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis 24 h).
+N·(A + S + H) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis 24 h).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from analysis.sequential import HISTORY_KEPT
 from tests.perf.loadgen import post_all
 from tests.support.procs import RedisServer
 from tests.support.service import Webhook, Worker, service_env
+from worker.history import MAX_POLLS
 from worker.keyspace import Keys
 from worker.settings import Settings
 
@@ -47,8 +49,10 @@ def used(kv: redis.Redis) -> int:
     return int(kv.info("memory")["used_memory"])
 
 
-def sequence_bytes(kv: redis.Redis, prefix: str) -> int:
-    return sum(int(kv.memory_usage(k, samples=0) or 0) for k in kv.scan_iter(f"{prefix}seq:*"))
+def capped_bytes(kv: redis.Redis, prefix: str) -> int:
+    """Live sequences and the pages' poll history: per canary, growing to a cap."""
+    keys = [*kv.scan_iter(f"{prefix}seq:*"), *kv.scan_iter(f"{prefix}history:polls:*")]
+    return sum(int(kv.memory_usage(k, samples=0) or 0) for k in keys)
 
 
 def settled(kv: redis.Redis) -> int:
@@ -96,14 +100,20 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
             statuses += asyncio.run(round_of(webhook.url, bodies))
             peak = max(peak, used(kv))
             if n == half:
-                at_half, seq_at_half = settled(kv), sequence_bytes(kv, prefix)
-        after_all, seq_at_end = settled(kv), sequence_bytes(kv, prefix)
+                at_half, seq_at_half = settled(kv), capped_bytes(kv, prefix)
+        after_all, seq_at_end = settled(kv), capped_bytes(kv, prefix)
         # A live canary's sequence grows with its first HISTORY_KEPT polls, then stays: count
         # it per canary at its largest, and leave its growth out of what polls keep.
         sequence_cap = max(
             (int(kv.memory_usage(k, samples=0) or 0) for k in kv.scan_iter(f"{prefix}seq:*")),
             default=0,
         )
+        # The report pages' poll history (worker/history.py) keeps a rollout's last MAX_POLLS
+        # summaries: per canary at that cap, from the bytes per summary seen.
+        history_keys = list(kv.scan_iter(f"{prefix}history:polls:*"))
+        summaries = sum(int(kv.zcard(k)) for k in history_keys)
+        history_bytes = sum(int(kv.memory_usage(k, samples=0) or 0) for k in history_keys)
+        history_cap = history_bytes / max(1, summaries) * MAX_POLLS
         # The largest: a live report carries its sequence's last 20 poll summaries, so records
         # grow with a canary's first 20 polls (the bench's canaries share 50 sequences, which
         # reach that within the run).
@@ -128,7 +138,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
     window = Settings().replaced_ttl_seconds
     polls_per_second = TARGET_ROLLOUTS / TARGET_INTERVAL
     extrapolated = (
-        TARGET_ROLLOUTS * (per_canary + sequence_cap)
+        TARGET_ROLLOUTS * (per_canary + sequence_cap + history_cap)
         + polls_per_second * 86400 * max(0.0, per_poll)
         + polls_per_second * window * record_bytes
         + TARGET_ROLLOUTS * CHANGES_PER_ROLLOUT_PER_DAY * record_bytes
@@ -143,6 +153,8 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "record_bytes": record_bytes,
         "sequence_bytes_at_cap": sequence_cap,
         "sequence_history_kept": HISTORY_KEPT,
+        "poll_history_bytes_at_cap": history_cap,
+        "poll_history_kept": MAX_POLLS,
         "records_left": records,
         "keys_left": kinds,
         "replaced_ttl_seconds": window,
