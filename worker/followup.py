@@ -163,9 +163,14 @@ class Followup:
 
     # --- events -----------------------------------------------------------------------------
     def on_verdict(self, result: dict[str, Any]) -> str | None:
-        """Called after an analysis is stored (and again on redelivery): emit its event."""
+        """Called after an analysis is stored (and again on redelivery): emit its event.
+
+        Only a live analysis has one: a replay of a past window never acts on the present."""
         key = rollout_key(result)
-        self.history.poll(result)
+        self.history.poll(result)  # every poll is on the timeline, replays marked as such
+        if result.get("live") is not True:
+            log.info("replay: no event", extra={"rollout_key": key, "state": "replay"})
+            return None
         event = {
             "event_id": "__EVENT_ID__",
             "kind": "verdict",
@@ -175,7 +180,10 @@ class Followup:
             "previous": "__PREVIOUS__",
             "time": time.time(),
         }
-        window_end = (result.get("timing") or {}).get("queued_at", 0)
+        # Events follow the windows' order, not the finishing order: a slow analysis of an
+        # older window that finishes after a newer verdict is stale.
+        timing = result.get("timing") or {}
+        window_end = timing.get("window_end") or timing.get("queued_at", 0)
         event_id, state = self._transition(
             keys=[f"{self.prefix}rollout:{key}"],
             args=[
@@ -245,6 +253,8 @@ class Followup:
         if event is None:
             return []
         result = self.analysis(event["analysis_id"]) or {}
+        if result.get("live") is not True:
+            return []  # events come from live analyses only; this one cannot act
         actions: list[dict[str, Any]] = []
         if self._begin(event_id, "traffic"):
             actions = self._traffic(result)

@@ -105,6 +105,7 @@ def execute(
     started = time.time()
     deadline = time.monotonic() + budget_seconds
     status, payload = "done", {}
+    end: float | None = None
     with lease_kept(store, analysis_id, worker, lease_seconds):
         try:
             spec = AnalysisSpec.from_json(record["spec"], policies)
@@ -121,6 +122,7 @@ def execute(
     payload["analysis_id"] = analysis_id
     payload["timing"] = {
         "queued_at": queued_at,
+        "window_end": end,
         "started_at": started,
         "finished_at": finished,
         "queue_wait_seconds": round(started - queued_at, 6),

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from analysis.durations import format_time
 from analysis.policy import PolicySet
 from analysis.queries import build_query, promql_string
-from analysis.request import RequestError, parse_request, request_from_query, resolve
+from analysis.request import (
+    LIVE_SKEW_SECONDS,
+    AnalysisSpec,
+    RequestError,
+    parse_request,
+    request_from_query,
+    resolve,
+)
 
 NOW = 1_800_000_000.0
 POLICIES = PolicySet.from_yaml(
@@ -97,6 +105,35 @@ def test_hostile_label_values_are_rejected(field, hostile):
 def test_end_accepts_rfc3339_and_relative_forms():
     assert resolved(end="2026-11-22T10:00:00Z").end == pytest.approx(1795341600.0)
     assert resolved(end="-2h").end == NOW - 7200
+
+
+@pytest.mark.parametrize(
+    ("end", "live"),
+    [
+        (None, True),  # "the latest window": Argo's poll
+        ("-30s", True),  # a caller's clock a little behind ours
+        (format_time(NOW + 30), True),  # or a little ahead
+        (format_time(NOW - LIVE_SKEW_SECONDS), True),
+        (format_time(NOW - LIVE_SKEW_SECONDS - 1), False),
+        ("-2h", False),  # a replay of the past
+    ],
+)
+def test_live_is_decided_from_the_arrival_time(end, live):
+    assert resolved(**({} if end is None else {"end": end})).live is live
+
+
+def test_live_travels_with_the_spec_and_tells_a_replay_from_the_live_window():
+    live, replay = resolved(end=format_time(NOW)), resolved(end=format_time(NOW - 3600))
+    for spec in (live, replay):
+        assert AnalysisSpec.from_json(spec.to_json(), POLICIES) == spec
+    # The same window asked again once it is past is a new analysis, one that cannot act.
+    late = resolve(parse_request(GOOD | {"end": format_time(NOW)}), POLICIES, now=NOW + 3600)
+    assert (late.end, late.live) == (live.end, False)
+    assert late.identity() != live.identity()
+    # A spec stored without the decision is a replay: it never acts.
+    stored = live.to_json()
+    del stored["live"]
+    assert AnalysisSpec.from_json(stored, POLICIES).live is False
 
 
 def test_get_query_parameters_map_to_the_body_fields():
