@@ -137,9 +137,9 @@ def test_live_travels_with_the_spec_and_tells_a_replay_from_the_live_window():
 
 
 def test_get_query_parameters_map_to_the_body_fields():
-    data = request_from_query(list((GOOD | {"overrides.slo": "0.99"}).items()))
-    assert data["overrides"] == {"slo": 0.99}
-    assert resolve(parse_request(data), POLICIES, now=NOW).policy.thresholds.slo == 0.99
+    data = request_from_query(list((GOOD | {"overrides.slo": "0.9995"}).items()))
+    assert data["overrides"] == {"slo": 0.9995}
+    assert resolve(parse_request(data), POLICIES, now=NOW).policy.thresholds.slo == 0.9995
     with pytest.raises(RequestError) as caught:
         request_from_query([("overrides.slo", "high")])
     assert caught.value.field == "overrides.slo"
@@ -152,7 +152,7 @@ def test_identity_ignores_nothing_that_shapes_the_answer():
     base = resolved().identity()
     assert resolved().identity() == base
     assert resolved(window="10m").identity() != base
-    assert resolved(overrides={"slo": 0.99}).identity() != base
+    assert resolved(overrides={"slo": 0.9995}).identity() != base
     assert resolved(revision="3").identity() != base
 
 
