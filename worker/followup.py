@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,17 @@ log = logging.getLogger("rollout_analyzer.followup")
 
 EVENT_TTL_SECONDS = 7 * 86400
 STEP_LEASE_SECONDS = 120
+
+# A step's done-mark is written only by the worker whose lease token is on it: one whose lease
+# lapsed (and whose step another worker took over) records nothing over the other's outcome.
+# The step's records (the traffic actions, KEYS[2]) are appended in the same breath.
+STEP_DONE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+if #ARGV >= 4 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 1
+"""
 
 TRANSITION = """
 local state, analysis_id, verdict, window_end = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -147,6 +159,7 @@ class Followup:
     def __post_init__(self) -> None:
         self.history = History(self.redis, self.prefix)
         self._transition = self.redis.register_script(TRANSITION)
+        self._step_done = self.redis.register_script(STEP_DONE)
         self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
         self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
         self.http = self.http or httpx.Client(timeout=10)
@@ -235,17 +248,42 @@ class Followup:
         return json.loads(raw) if raw else None
 
     # --- once -------------------------------------------------------------------------------
-    def _begin(self, event_id: str, step: str) -> bool:
-        """True when this worker should perform the step (nobody did it, nobody is on it)."""
-        return bool(
-            self.redis.set(
-                self._step_key(event_id, step), "running", nx=True, ex=STEP_LEASE_SECONDS
-            )
-        )
+    def _begin(self, event_id: str, step: str) -> str | None:
+        """A lease token when this worker should perform the step (nobody did it, nobody is on
+        it), else None."""
+        token = f"running:{uuid.uuid4().hex}"
+        key = self._step_key(event_id, step)
+        return token if self.redis.set(key, token, nx=True, ex=STEP_LEASE_SECONDS) else None
 
-    def _done(self, event_id: str, step: str, outcome: dict[str, Any]) -> None:
-        self.redis.set(self._step_key(event_id, step), json.dumps(outcome), ex=EVENT_TTL_SECONDS)
+    def _done(
+        self,
+        event_id: str,
+        step: str,
+        token: str,
+        outcome: dict[str, Any],
+        records: tuple[str, list[dict[str, Any]]] | None = None,
+    ) -> bool:
+        """Mark the step done (and append `records` to the list they name), if this worker
+        still holds the step."""
+        step_key = self._step_key(event_id, step)
+        list_key, items = records or (step_key, [])  # no records: the list key goes unused
+        keys = [step_key, list_key]
+        args = [token, json.dumps(outcome), EVENT_TTL_SECONDS, *map(json.dumps, items)]
+        if not self._step_done(keys=keys, args=args):
+            return False
         self.history.step(event_id, step)
+        return True
+
+    def _pin(self, event_id: str) -> Callable[[dict[str, int]], dict[str, int]]:
+        """Store a traffic action's first absolute goals for the event; return the stored ones."""
+        key = self._step_key(event_id, "traffic:goals")
+
+        def pin(goals: dict[str, int]) -> dict[str, int]:
+            self.redis.set(key, json.dumps(goals), nx=True, ex=EVENT_TTL_SECONDS)
+            stored = self.redis.get(key)
+            return {str(k): int(v) for k, v in json.loads(stored or "{}").items()}
+
+        return pin
 
     # --- act --------------------------------------------------------------------------------
     def act(self, event_id: str) -> list[dict[str, Any]]:
@@ -256,11 +294,13 @@ class Followup:
         if result.get("live") is not True:
             return []  # events come from live analyses only; this one cannot act
         actions: list[dict[str, Any]] = []
-        if self._begin(event_id, "traffic"):
-            actions = self._traffic(result)
-            for action in actions:
-                self.redis.rpush(self.actions_key(event["analysis_id"]), json.dumps(action))
-            self._done(event_id, "traffic", {"actions": actions})
+        token = self._begin(event_id, "traffic")
+        if token:
+            actions = self._traffic(result, self._pin(event_id))
+            records = (self.actions_key(event["analysis_id"]), actions)
+            if not self._done(event_id, "traffic", token, {"actions": actions}, records):
+                log.warning("traffic step lease lost", extra={"event_id": event_id})
+                return actions  # another worker holds the step now: it records and notifies
         notify_to = self._target_names(result)
         for name in notify_to:
             self.enqueue(NOTIFY_TASK, [event_id, name])
@@ -270,7 +310,9 @@ class Followup:
         policy = self.policies.get(result.get("policy") or "default")
         return ActionsPolicy.model_validate(policy.actions if policy else {})
 
-    def _traffic(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+    def _traffic(
+        self, result: dict[str, Any], pin: Callable[[dict[str, int]], dict[str, int]]
+    ) -> list[dict[str, Any]]:
         traffic = self._actions_policy(result).traffic
         if traffic is not None and traffic.allow_request_override and result.get("traffic"):
             traffic = traffic.model_copy(update=result["traffic"])
@@ -315,6 +357,7 @@ class Followup:
                     step.max_weight,
                     dry_run=traffic.dry_run,
                     request_timeout=self.kube_timeout_seconds,
+                    pin=pin,
                 )
             tracing.set_attributes(
                 {"traffic.status": record.status, "traffic.attempts": record.attempts}
@@ -339,7 +382,8 @@ class Followup:
         if not severity_allows(target, notification.severity):
             return "suppressed"
         step = f"notify:{target_name}"
-        if not self._begin(event_id, step):
+        token = self._begin(event_id, step)
+        if not token:
             return "duplicate"
         # A failure always gets through; the rate limit is for chatter.
         if (
@@ -349,7 +393,7 @@ class Followup:
                 f"{event['rollout_key']}|{target_name}", target.rate_limit_per_minute
             )
         ):
-            self._done(event_id, step, {"status": "rate_limited"})
+            self._done(event_id, step, token, {"status": "rate_limited"})
             return "rate_limited"
         assert self.http is not None
         # Name and kind only: a chat webhook URL is a credential.
@@ -364,7 +408,7 @@ class Followup:
             )
         if outcome.status == "failed":
             self.dead_letters.push(outcome, notification)
-        self._done(event_id, step, outcome.to_dict())
+        self._done(event_id, step, token, outcome.to_dict())
         log.info(
             "notification",
             extra={"target": target_name, "status": outcome.status, "attempts": outcome.attempts},
