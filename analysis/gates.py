@@ -27,7 +27,9 @@ STRICTER: dict[str, Direction] = {
     # a higher alpha fails a canary on less evidence. (Not "lower is stricter", as for a pass
     # that would need proof: here a pass is the absence of a significant failure.)
     "alpha": "higher",
+    "sequential_alpha": "higher",  # the same for live polls: abort on less evidence
     "error_ratio_tolerance_pp": "lower",
+    "error_rate_ratio_tolerance": "lower",
     "latency_ratio_tolerance": "lower",
     "fast_burn": "lower",  # fails at a lower burn rate
     "max_budget_spend": "lower",

@@ -35,7 +35,9 @@ DEFAULT_MOVES = [
     ("slo_period_days", 7, 90),
     ("min_requests", 500, 99),
     ("alpha", 0.1, 0.01),
+    ("sequential_alpha", 0.05, 0.001),
     ("error_ratio_tolerance_pp", 0.05, 1),
+    ("error_rate_ratio_tolerance", 1.2, 2),
     ("latency_ratio_tolerance", 1.1, 2),
     ("fast_burn", 10, 20),
     ("max_budget_spend", 0.01, 0.05),
@@ -128,7 +130,7 @@ def test_a_policy_file_with_bad_override_rules_does_not_load(body):
 
 def test_the_stricter_direction_is_the_one_that_makes_a_pass_harder():
     """Checked against the judge for the two rows that are easy to get backwards."""
-    canary, baseline = side(1000, 2), side(20000, 20)  # 0.2% vs 0.1% errors, little data
+    canary, baseline = side(1000, 4), side(20000, 20)  # 0.4% vs 0.1% errors, little data
     assert verdict(canary, baseline).verdict == "pass"
     # A higher alpha fails on less evidence.
     stricter_alpha = Policy().with_overrides({"alpha": 0.2})
