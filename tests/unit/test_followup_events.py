@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis
 
+from analysis.durations import format_time
 from analysis.policy import PolicySet
 from worker.followup import Followup
 from worker.notify.providers import ChatTarget
@@ -42,6 +43,7 @@ def result(n: int, verdict: str, *, window_end: float, queued_at: float, live: b
         "canary": "c1",
         "rollout": "checkout",
         "revision": "7",
+        "window": {"end": format_time(window_end), "seconds": 300.0},
         "timing": {"window_end": window_end, "queued_at": queued_at},
     }
 
