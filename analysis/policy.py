@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analysis.durations import parse_duration
+from analysis.gates import OverrideRules, refusal
 
 # Prometheus' grammar for label and metric names: configuration only ever puts these into PromQL.
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -161,6 +162,8 @@ class Policy(Strict):
     checks: dict[str, CheckPolicy] = Field(default_factory=dict)
     # Side effects after a verdict (traffic, chat), read by the worker; opaque to the analysis.
     actions: dict[str, Any] = Field(default_factory=dict)
+    # Which thresholds a request may override, and how far (analysis/gates.py).
+    overrides: OverrideRules = Field(default_factory=OverrideRules)
 
     @field_validator("name")
     @classmethod
@@ -210,10 +213,14 @@ class Policy(Strict):
         if not overrides:
             return self  # frozen: sharing is safe, and the hot path skips a validation
         known = set(Thresholds.model_fields)
-        for name in overrides:
+        current = self.thresholds.model_dump()
+        for name, value in overrides.items():
             if name not in known:
                 raise OverrideError(name, f"unknown override; known: {', '.join(sorted(known))}")
-        merged = self.thresholds.model_dump() | overrides
+            refused = refusal(self.overrides, self.name, name, value, current[name])
+            if refused:
+                raise OverrideError(name, refused)
+        merged = current | overrides
         try:
             thresholds = Thresholds.model_validate(merged)
         except ValidationError as exc:

@@ -52,6 +52,7 @@ def report(
         "policy": spec.policy.name,
         "traffic": spec.traffic,
         "mode": "sequential" if sequence else "fixed",
+        "live": spec.live,
         "window": {
             "start": format_time(end - seconds),
             "end": format_time(end),

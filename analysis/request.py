@@ -29,6 +29,9 @@ OverrideName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,40}$")]
 
 # Allowed clock skew for `end`: a replay of "now" from a slightly fast clock is not an error.
 FUTURE_SKEW_SECONDS = 60.0
+# An `end` at most this far before the request's arrival still means "now": the analysis is live
+# (it may act on traffic and notify). Older ends are replays of the past, which never act.
+LIVE_SKEW_SECONDS = 60.0
 
 
 class TrafficOverride(BaseModel):
@@ -91,6 +94,9 @@ class AnalysisSpec:
     revision: str | None
     overrides: dict[str, float]
     traffic: dict[str, Any] | None = None
+    # Decided once, when the request arrived (see `is_live`): only a live analysis acts.
+    # False by default: a spec built without that decision must never touch the present.
+    live: bool = False
 
     def identity(self) -> str:
         """Two requests are identical when every field that shapes the computation or its
@@ -109,6 +115,8 @@ class AnalysisSpec:
                 "revision": self.revision,
                 "overrides": sorted(self.overrides.items()),
                 "traffic": self.traffic,
+                # The same window asked again later is a replay: a new analysis that never acts.
+                "live": self.live,
             },
             sort_keys=True,
         )
@@ -127,6 +135,7 @@ class AnalysisSpec:
             "revision": self.revision,
             "overrides": self.overrides,
             "traffic": self.traffic,
+            "live": self.live,
         }
 
     @classmethod
@@ -146,6 +155,7 @@ class AnalysisSpec:
             revision=data.get("revision"),
             overrides=dict(data.get("overrides") or {}),
             traffic=data.get("traffic"),
+            live=data.get("live") is True,
         )
 
 
@@ -230,7 +240,13 @@ def resolve(
         revision=request.revision,
         overrides=dict(request.overrides),
         traffic=traffic,
+        live=is_live(end, current),
     )
+
+
+def is_live(end: float | None, arrived: float) -> bool:
+    """A window ending "now": no `end`, or one within LIVE_SKEW_SECONDS of the arrival time."""
+    return end is None or end >= arrived - LIVE_SKEW_SECONDS
 
 
 def _allows_traffic_override(policy: Policy) -> bool:

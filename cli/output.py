@@ -112,7 +112,8 @@ def spec_options(func: F) -> F:
             "overrides",
             multiple=True,
             metavar="NAME=VALUE",
-            help="Override a numeric threshold, e.g. --override slo=0.99 (repeatable).",
+            help="Override a numeric threshold, e.g. --override slo=0.9995 (repeatable; only as "
+            "far as the policy allows).",
         ),
         click.option(
             "--policies-file",

@@ -6,10 +6,8 @@ swept by tests/support/procs.py's atexit hook if a finalizer never runs.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,6 @@ from tests.support.procs import PrometheusServer, RedisServer, start_with_scenar
 from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.scenarios import DATA_END, DATA_START, SCENARIOS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Startup costs measured in this session, printed in the terminal summary (fixture output is
 # captured, so printing from the fixture itself would be lost).
 _STARTUP_SECONDS: dict[str, float] = {}
@@ -26,15 +23,6 @@ _STARTUP_SECONDS: dict[str, float] = {}
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for what, seconds in _STARTUP_SECONDS.items():
         terminalreporter.write_line(f"{what}: {seconds:.2f}s")
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The read-only reference material (/work/shared): $RA_SHARED_DIR or <repo>/../shared."""
-    path = Path(os.environ.get("RA_SHARED_DIR") or REPO_ROOT.parent / "shared")
-    if not (path / "spec").is_dir():
-        raise FileNotFoundError(f"shared reference dir not found at {path} (set RA_SHARED_DIR)")
-    return path
 
 
 @pytest.fixture(scope="session")

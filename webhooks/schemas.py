@@ -49,6 +49,9 @@ class AnalysisAnswer(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     verdict: Literal["pass", "fail", "inconclusive"]
+    # True when the window ends at the request's arrival (only then may traffic move or chat
+    # hear of it); false for a replay of a past window.
+    live: bool
     score: float
     analysis_id: str
     reasons: list[str]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,15 @@ log = logging.getLogger("rollout_analyzer.followup")
 
 EVENT_TTL_SECONDS = 7 * 86400
 STEP_LEASE_SECONDS = 120
+
+# A step's done-mark is written only by the worker whose lease token is on it: one whose lease
+# lapsed (and whose step another worker took over) records nothing over the other's outcome.
+# One key, so it runs on Redis Cluster too; the step's records follow only when it succeeded.
+STEP_DONE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 
 # KEYS[1]: the rollout's state; the events it makes (ARGV[7] .. event id) share its slot tag.
 # ARGV[8]: the state's name before slot tags (standalone Redis; '' on a cluster), taken over once.
@@ -161,6 +171,7 @@ class Followup:
         # Keys from before the slot tags can only exist on a standalone Redis.
         self._legacy = not isinstance(self.redis, redis.cluster.RedisCluster)
         self._transition = self.redis.register_script(TRANSITION)
+        self._step_done = self.redis.register_script(STEP_DONE)
         self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
         self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
         self.http = self.http or httpx.Client(timeout=10)
@@ -177,9 +188,14 @@ class Followup:
 
     # --- events -----------------------------------------------------------------------------
     def on_verdict(self, result: dict[str, Any]) -> str | None:
-        """Called after an analysis is stored (and again on redelivery): emit its event."""
+        """Called after an analysis is stored (and again on redelivery): emit its event.
+
+        Only a live analysis has one: a replay of a past window never acts on the present."""
         key = rollout_key(result)
-        self.history.poll(result)
+        self.history.poll(result)  # every poll is on the timeline, replays marked as such
+        if result.get("live") is not True:
+            log.info("replay: no event", extra={"rollout_key": key, "state": "replay"})
+            return None
         event = {
             "event_id": "__EVENT_ID__",
             "kind": "verdict",
@@ -189,7 +205,10 @@ class Followup:
             "previous": "__PREVIOUS__",
             "time": time.time(),
         }
-        window_end = (result.get("timing") or {}).get("queued_at", 0)
+        # Events follow the windows' order, not the finishing order: a slow analysis of an
+        # older window that finishes after a newer verdict is stale.
+        timing = result.get("timing") or {}
+        window_end = timing.get("window_end") or timing.get("queued_at", 0)
         event_id, state = self._transition(
             keys=[self.keys.rollout_state(key)],
             args=[
@@ -246,17 +265,46 @@ class Followup:
         return json.loads(raw) if raw else None
 
     # --- once -------------------------------------------------------------------------------
-    def _begin(self, event_id: str, step: str) -> bool:
-        """True when this worker should perform the step (nobody did it, nobody is on it)."""
-        return bool(
-            self.redis.set(
-                self._step_key(event_id, step), "running", nx=True, ex=STEP_LEASE_SECONDS
-            )
-        )
+    def _begin(self, event_id: str, step: str) -> str | None:
+        """A lease token when this worker should perform the step (nobody did it, nobody is on
+        it), else None."""
+        token = f"running:{uuid.uuid4().hex}"
+        key = self._step_key(event_id, step)
+        return token if self.redis.set(key, token, nx=True, ex=STEP_LEASE_SECONDS) else None
 
-    def _done(self, event_id: str, step: str, outcome: dict[str, Any]) -> None:
-        self.redis.set(self._step_key(event_id, step), json.dumps(outcome), ex=EVENT_TTL_SECONDS)
+    def _done(
+        self,
+        event_id: str,
+        step: str,
+        token: str,
+        outcome: dict[str, Any],
+        records: tuple[str, list[dict[str, Any]]] | None = None,
+    ) -> bool:
+        """Mark the step done, then append `records` to the list they name (kept as long as
+        the analysis they belong to), if this worker still holds the step."""
+        step_key = self._step_key(event_id, step)
+        args = [token, json.dumps(outcome), EVENT_TTL_SECONDS]
+        if not self._step_done(keys=[step_key], args=args):
+            return False
+        if records and records[1]:
+            list_key, items = records
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(list_key, *map(json.dumps, items))
+            pipe.expire(list_key, self.result_ttl_seconds)
+            pipe.execute()
         self.history.step(event_id, step)
+        return True
+
+    def _pin(self, event_id: str) -> Callable[[dict[str, int]], dict[str, int]]:
+        """Store a traffic action's first absolute goals for the event; return the stored ones."""
+        key = self._step_key(event_id, "traffic:goals")
+
+        def pin(goals: dict[str, int]) -> dict[str, int]:
+            self.redis.set(key, json.dumps(goals), nx=True, ex=EVENT_TTL_SECONDS)
+            stored = self.redis.get(key)
+            return {str(k): int(v) for k, v in json.loads(stored or "{}").items()}
+
+        return pin
 
     # --- act --------------------------------------------------------------------------------
     def act(self, event_id: str) -> list[dict[str, Any]]:
@@ -264,14 +312,16 @@ class Followup:
         if event is None:
             return []
         result = self.analysis(event["analysis_id"]) or {}
+        if result.get("live") is not True:
+            return []  # events come from live analyses only; this one cannot act
         actions: list[dict[str, Any]] = []
-        if self._begin(event_id, "traffic"):
-            actions = self._traffic(result)
-            for action in actions:
-                self.redis.rpush(self.actions_key(event["analysis_id"]), json.dumps(action))
-            if actions:  # as long as the analysis they belong to
-                self.redis.expire(self.actions_key(event["analysis_id"]), self.result_ttl_seconds)
-            self._done(event_id, "traffic", {"actions": actions})
+        token = self._begin(event_id, "traffic")
+        if token:
+            actions = self._traffic(result, self._pin(event_id))
+            records = (self.actions_key(event["analysis_id"]), actions)
+            if not self._done(event_id, "traffic", token, {"actions": actions}, records):
+                log.warning("traffic step lease lost", extra={"event_id": event_id})
+                return actions  # another worker holds the step now: it records and notifies
         notify_to = self._target_names(result)
         for name in notify_to:
             self.enqueue(NOTIFY_TASK, [event_id, name])
@@ -281,7 +331,9 @@ class Followup:
         policy = self.policies.get(result.get("policy") or "default")
         return ActionsPolicy.model_validate(policy.actions if policy else {})
 
-    def _traffic(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+    def _traffic(
+        self, result: dict[str, Any], pin: Callable[[dict[str, int]], dict[str, int]]
+    ) -> list[dict[str, Any]]:
         traffic = self._actions_policy(result).traffic
         if traffic is not None and traffic.allow_request_override and result.get("traffic"):
             traffic = traffic.model_copy(update=result["traffic"])
@@ -326,6 +378,7 @@ class Followup:
                     step.max_weight,
                     dry_run=traffic.dry_run,
                     request_timeout=self.kube_timeout_seconds,
+                    pin=pin,
                 )
             tracing.set_attributes(
                 {"traffic.status": record.status, "traffic.attempts": record.attempts}
@@ -350,7 +403,8 @@ class Followup:
         if not severity_allows(target, notification.severity):
             return "suppressed"
         step = f"notify:{target_name}"
-        if not self._begin(event_id, step):
+        token = self._begin(event_id, step)
+        if not token:
             return "duplicate"
         # A failure always gets through; the rate limit is for chatter.
         if (
@@ -360,7 +414,7 @@ class Followup:
                 f"{event['rollout_key']}|{target_name}", target.rate_limit_per_minute
             )
         ):
-            self._done(event_id, step, {"status": "rate_limited"})
+            self._done(event_id, step, token, {"status": "rate_limited"})
             return "rate_limited"
         assert self.http is not None
         # Name and kind only: a chat webhook URL is a credential.
@@ -375,7 +429,7 @@ class Followup:
             )
         if outcome.status == "failed":
             self.dead_letters.push(outcome, notification)
-        self._done(event_id, step, outcome.to_dict())
+        self._done(event_id, step, token, outcome.to_dict())
         log.info(
             "notification",
             extra={"target": target_name, "status": outcome.status, "attempts": outcome.attempts},

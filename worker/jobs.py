@@ -1,7 +1,9 @@
 """Running one analysis by id: the body of the Celery task, also used in-process by the demo.
 
 Idempotent: a second delivery of the same id finds it done (or held by a live worker) and
-returns; a delivery after its worker died takes it over.
+returns; a delivery after its worker died takes it over. A worker that loses its lease (a
+renewal refused, or none confirmed for a whole lease period) stops: it records nothing and
+runs no follow-up, since another worker may hold the analysis by then.
 """
 
 from __future__ import annotations
@@ -26,22 +28,44 @@ from worker.store import Store
 log = logging.getLogger("rollout_analyzer.worker")
 
 
+class Lease:
+    """What the renewing thread learnt: whether this worker still holds the analysis."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.lease_seconds = lease_seconds
+        self.confirmed_at = time.monotonic()  # START just set it
+        self.refused = threading.Event()
+
+    @property
+    def lost(self) -> bool:
+        # Unconfirmed for a whole period, the lease may have lapsed and another worker taken it.
+        expired = time.monotonic() - self.confirmed_at >= self.lease_seconds
+        return self.refused.is_set() or expired
+
+
 @contextmanager
-def lease_kept(store: Store, analysis_id: str, worker: str, lease_seconds: float) -> Iterator[None]:
+def lease_kept(
+    store: Store, analysis_id: str, worker: str, lease_seconds: float
+) -> Iterator[Lease]:
     """Renew the lease a few times per lease period while the body runs."""
     stop = threading.Event()
+    lease = Lease(lease_seconds)
 
     def renew() -> None:
         while not stop.wait(lease_seconds / 3):
             try:
-                store.renew(analysis_id, worker, lease_seconds)
+                if not store.renew(analysis_id, worker, lease_seconds):
+                    lease.refused.set()
+                    log.warning("lease lost", extra={"analysis_id": analysis_id})
+                    return
+                lease.confirmed_at = time.monotonic()
             except Exception:  # a blip in Redis must not kill the analysis; the next renew may work
                 log.warning("lease renewal failed", extra={"analysis_id": analysis_id})
 
     thread = threading.Thread(target=renew, name=f"lease-{analysis_id[:8]}", daemon=True)
     thread.start()
     try:
-        yield
+        yield lease
     finally:
         stop.set()
         thread.join(timeout=1)
@@ -105,22 +129,29 @@ def execute(
     started = time.time()
     deadline = time.monotonic() + budget_seconds
     status, payload = "done", {}
-    with lease_kept(store, analysis_id, worker, lease_seconds):
+    end: float | None = None
+    with lease_kept(store, analysis_id, worker, lease_seconds) as lease:
         try:
             spec = AnalysisSpec.from_json(record["spec"], policies)
             end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
             with tracing.statistics_timed(source) as timed_source:
-                if sequences is not None and spec.end is None:
+                # A live poll (a window ending "now") joins its canary's sequence; a look at
+                # the past is one fixed window.
+                if sequences is not None and spec.live:
                     payload = run_live(spec, timed_source, sequences, end, deadline)
                 else:
                     payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
         except (SourceError, RequestError, KeyError, ValueError) as exc:
             status = "error"
             payload = {"error": str(exc)[:1000]}
+    if lease.lost:
+        log.warning("analysis dropped: lease lost", extra={"analysis_id": analysis_id})
+        return "lost"
     finished = time.time()
     payload["analysis_id"] = analysis_id
     payload["timing"] = {
         "queued_at": queued_at,
+        "window_end": end,
         "started_at": started,
         "finished_at": finished,
         "queue_wait_seconds": round(started - queued_at, 6),
@@ -130,6 +161,10 @@ def execute(
     outcome = store.finish(
         analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds
     )
+    if outcome != "ok":
+        # FINISH refused: the lease lapsed between the check above and the script.
+        log.warning("analysis dropped", extra={"analysis_id": analysis_id, "state": outcome})
+        return "lost"
     log.info(
         "analysis finished",
         extra={
@@ -144,7 +179,7 @@ def execute(
             "round_trips": (payload.get("source") or {}).get("round_trips"),
         },
     )
-    if after is not None and status == "done" and outcome == "ok":
+    if after is not None and status == "done":
         try:
             after(payload)
         except Exception:  # the verdict stands; a redelivery or the next poll retries the event

@@ -62,10 +62,16 @@ redis.call('SET', KEYS[1], new_id, 'PX', ARGV[3])
 return {new_id, 'new'}
 """
 
+# Every transition below is one script and checks who holds the analysis: its lease key names
+# the worker running it. Only START acquires (a queued analysis, or a running one whose lease
+# lapsed); RENEW and FINISH succeed only for the holder, so a worker that lost its lease can
+# neither keep it alive nor record a result over a superseded or taken-over analysis.
+# done, superseded and error are final: no script moves an analysis out of them.
+
 START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-if status == 'done' or status == 'superseded' then return status end
+if status == 'done' or status == 'superseded' or status == 'error' then return status end
 local holder = redis.call('GET', KEYS[2])
 if status == 'running' and holder and holder ~= ARGV[1] then return 'taken' end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[1])
@@ -74,7 +80,8 @@ return 'started'
 """
 
 RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1]
+   and redis.call('HGET', KEYS[2], 'status') == 'running' then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -84,10 +91,14 @@ FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'done' then return 'already' end
+if status ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]
+   or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 'not_holder'
+end
 local field = 'error'
 if ARGV[2] == 'done' then field = 'result' end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], field, ARGV[3], 'finished_at', ARGV[4])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[2])
 local claim = redis.call('HGET', KEYS[1], 'claim')
 -- Retention: the latest finished analysis of a claim's identity is kept result_ttl; the one it
 -- replaces only ARGV[10] s, unless an event (a verdict change, an action) marked it kept.
@@ -114,7 +125,10 @@ redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'ok'
 """
 
+# The webhook's undo of its own claim when the task could not be enqueued. A wait_for timeout
+# may hide an enqueue that did happen: once a worker started the analysis, it is the worker's.
 ABANDON = """
+if redis.call('HGET', KEYS[2], 'status') ~= 'queued' then return 'started' end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[2], 'status', 'error', 'error', ARGV[2])
 return 'ok'
@@ -183,7 +197,8 @@ class Store:
         return _text(self._start(keys=keys, args=args))
 
     def renew(self, analysis_id: str, worker: str, lease_seconds: float) -> bool:
-        keys = [self.keys.lease(analysis_id)]
+        """True while `worker` holds the analysis; False once it lost it (stop, record nothing)."""
+        keys = [self.keys.lease(analysis_id), self.keys.record(analysis_id)]
         return bool(self._renew(keys=keys, args=[worker, int(lease_seconds * 1000)]))
 
     def finish(
@@ -195,6 +210,8 @@ class Store:
         payload: dict[str, Any] | str,
         reuse_seconds: float,
     ) -> str:
+        """ok, or why nothing was recorded: already (done), not_holder (the lease was lost,
+        the analysis superseded or taken over), missing."""
         body = payload if isinstance(payload, str) else json.dumps(payload)
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args = [
@@ -267,10 +284,11 @@ class AsyncStore:
             record = decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
         return Claim(_text(found[0]), _text(found[1]), record)
 
-    async def abandon(self, identity: str, analysis_id: str, reason: str) -> None:
-        """Undo a claim whose task could not be enqueued, so the next call starts afresh."""
+    async def abandon(self, identity: str, analysis_id: str, reason: str) -> str:
+        """Undo a claim whose task could not be enqueued, so the next call starts afresh:
+        ok, or started when a worker has it after all (then the claim stays)."""
         keys = [self.keys.claim(identity), self.keys.record(analysis_id)]
-        await self._abandon(keys=keys, args=[analysis_id, reason])
+        return _text(await self._abandon(keys=keys, args=[analysis_id, reason]))
 
     async def record(self, analysis_id: str) -> dict[str, Any] | None:
         return decode_record(await self.redis.hgetall(self.keys.record(analysis_id)))

@@ -21,6 +21,7 @@ from tests.integration.conftest import TOKEN
 from tests.support import argo
 from tests.support.crd_schema import validator_for
 from tests.support.procs import free_port
+from tests.support.reference_data import crd_path
 
 DEMO_RECORDING = Path(analysis.__file__).parent / "data" / "demo-recording.json"
 COMMANDS = ["analyze", "replay", "record", "template", "doctor", "policies"]
@@ -299,12 +300,12 @@ def test_record_then_replay_offline_equals_replay_live(prometheus, tmp_path):
         (["--cluster"], "clusteranalysistemplates.argoproj.io.crd.yaml", "ClusterAnalysisTemplate"),
     ],
 )
-def test_template_validates_against_the_crd(shared_dir, flags, crd, kind):
+def test_template_validates_against_the_crd(flags, crd, kind):
     result = run_cli("template", "--service", "checkout", "--namespace", "shop", *flags)
     assert result.returncode == 0, result.stderr
     document = yaml.safe_load(result.stdout)
     assert document["kind"] == kind
-    validator_for(shared_dir / "schemas" / crd, "v1alpha1")(document)
+    validator_for(crd_path(crd), "v1alpha1")(document)
 
 
 @pytest.fixture(scope="module")

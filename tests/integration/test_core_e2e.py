@@ -240,6 +240,10 @@ def test_hostile_values_are_rejected_before_any_query(stack, prometheus, field):
         ({"end": "2999-01-01T00:00:00Z"}, 422, "end"),
         ({"overrides": {"nope": 1}}, 422, "overrides.nope"),
         ({"overrides": {"slo": "high"}}, 422, "overrides.slo"),
+        # Loosening a gate: the policy decides how far a request may go (analysis/gates.py).
+        ({"overrides": {"min_requests": 1}}, 422, "overrides.min_requests"),
+        ({"overrides": {"pass_score": 0}}, 422, "overrides.pass_score"),
+        ({"overrides": {"slo": 0.5}}, 422, "overrides.slo"),
         ({"service": None}, 422, "service"),
         ({"unknown": 1}, 422, "unknown"),
     ],
@@ -251,6 +255,17 @@ def test_bad_input_names_the_field(stack, prometheus, patch, status, field):
     assert answer.status_code == status
     assert answer.json()["field"] == field
     assert "Traceback" not in answer.text
+
+
+def test_a_request_may_tighten_a_gate_but_not_loosen_it(stack, prometheus):
+    body = body_for(prometheus, "good")
+    with stack.client() as client:
+        looser = client.post("/v1/analyze", json=body | {"overrides": {"slo": 0.99}})
+        stricter = client.post("/v1/analyze", json=body | {"overrides": {"min_requests": 500}})
+    assert looser.status_code == 422
+    assert looser.json()["field"] == "overrides.slo"
+    assert "must be at least 0.999" in looser.json()["message"]
+    assert stricter.status_code == 200 and stricter.json()["verdict"] == "pass"
 
 
 def test_malformed_and_oversized_bodies(stack):

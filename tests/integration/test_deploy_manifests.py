@@ -28,6 +28,7 @@ import yaml
 from analysis.policy import PolicySet
 from analysis.request import parse_request, resolve
 from tests.support.crd_schema import crd_info, validator_for
+from tests.support.reference_data import SCHEMAS_DIR
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 ARGO_DIR = DEPLOY / "argo"
-CRD_DIR = REPO.parent / "shared" / "schemas"
+CRD_DIR = SCHEMAS_DIR
 DOCS = REPO / "docs" / "install.md"
 
 # The oldest Kubernetes we claim to support, and the newest whose schemas the package ships.

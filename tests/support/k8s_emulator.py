@@ -42,8 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from tests.support.crd_schema import SchemaValidationError, UnknownFields, crd_info, validator_for
+from tests.support.reference_data import SCHEMAS_DIR
 
-SCHEMAS_DIR = Path("/work/shared/schemas")
 VIRTUAL_SERVICE_CRD = SCHEMAS_DIR / "virtualservices.networking.istio.io.crd.yaml"
 DEFAULT_TOKEN = "emulator-token"
 DEFAULT_USER = "system:serviceaccount:argo-rollouts:rollout-analyzer"

@@ -217,6 +217,17 @@ def build_scenarios(start: float, end: float) -> list[Scenario]:
             verdict_before_change="pass",
             description="good until changes_at, 1% errors after",
         ),
+        http(
+            "recovers",
+            bad_errors,
+            base,
+            "pass",
+            "Successful",
+            changes_at=float(middle),
+            canary_after=canary,
+            verdict_before_change="fail",
+            description="1% errors until changes_at, good after (a replay of its past fails)",
+        ),
         Scenario(
             "istio-good",
             "istio",

@@ -4,14 +4,12 @@ expr/JSONPath corner cases from Argo's own tests, real HTTP calls and the measur
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,18 +33,9 @@ from tests.support.argo import (
     phase_of,
     run_metric,
 )
+from tests.support.reference_data import PROVIDER_CASES
 
-
-def _spec_dir() -> Path:
-    shared = os.environ.get("RA_SHARED_DIR")
-    if shared:
-        return Path(shared) / "spec"
-    return Path(__file__).resolve().parents[2].parent / "shared" / "spec"
-
-
-CASES: list[dict[str, Any]] = json.loads(
-    (_spec_dir() / "argo-web-provider-cases.json").read_text()
-)["cases"]
+CASES: list[dict[str, Any]] = json.loads(PROVIDER_CASES.read_text())["cases"]
 
 
 # ---- the shared conformance cases -----------------------------------------------------------

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from analysis.durations import format_time
 from analysis.policy import PolicySet
 from analysis.queries import build_query, promql_string
-from analysis.request import RequestError, parse_request, request_from_query, resolve
+from analysis.request import (
+    LIVE_SKEW_SECONDS,
+    AnalysisSpec,
+    RequestError,
+    parse_request,
+    request_from_query,
+    resolve,
+)
 
 NOW = 1_800_000_000.0
 POLICIES = PolicySet.from_yaml(
@@ -99,10 +107,39 @@ def test_end_accepts_rfc3339_and_relative_forms():
     assert resolved(end="-2h").end == NOW - 7200
 
 
+@pytest.mark.parametrize(
+    ("end", "live"),
+    [
+        (None, True),  # "the latest window": Argo's poll
+        ("-30s", True),  # a caller's clock a little behind ours
+        (format_time(NOW + 30), True),  # or a little ahead
+        (format_time(NOW - LIVE_SKEW_SECONDS), True),
+        (format_time(NOW - LIVE_SKEW_SECONDS - 1), False),
+        ("-2h", False),  # a replay of the past
+    ],
+)
+def test_live_is_decided_from_the_arrival_time(end, live):
+    assert resolved(**({} if end is None else {"end": end})).live is live
+
+
+def test_live_travels_with_the_spec_and_tells_a_replay_from_the_live_window():
+    live, replay = resolved(end=format_time(NOW)), resolved(end=format_time(NOW - 3600))
+    for spec in (live, replay):
+        assert AnalysisSpec.from_json(spec.to_json(), POLICIES) == spec
+    # The same window asked again once it is past is a new analysis, one that cannot act.
+    late = resolve(parse_request(GOOD | {"end": format_time(NOW)}), POLICIES, now=NOW + 3600)
+    assert (late.end, late.live) == (live.end, False)
+    assert late.identity() != live.identity()
+    # A spec stored without the decision is a replay: it never acts.
+    stored = live.to_json()
+    del stored["live"]
+    assert AnalysisSpec.from_json(stored, POLICIES).live is False
+
+
 def test_get_query_parameters_map_to_the_body_fields():
-    data = request_from_query(list((GOOD | {"overrides.slo": "0.99"}).items()))
-    assert data["overrides"] == {"slo": 0.99}
-    assert resolve(parse_request(data), POLICIES, now=NOW).policy.thresholds.slo == 0.99
+    data = request_from_query(list((GOOD | {"overrides.slo": "0.9995"}).items()))
+    assert data["overrides"] == {"slo": 0.9995}
+    assert resolve(parse_request(data), POLICIES, now=NOW).policy.thresholds.slo == 0.9995
     with pytest.raises(RequestError) as caught:
         request_from_query([("overrides.slo", "high")])
     assert caught.value.field == "overrides.slo"
@@ -115,7 +152,7 @@ def test_identity_ignores_nothing_that_shapes_the_answer():
     base = resolved().identity()
     assert resolved().identity() == base
     assert resolved(window="10m").identity() != base
-    assert resolved(overrides={"slo": 0.99}).identity() != base
+    assert resolved(overrides={"slo": 0.9995}).identity() != base
     assert resolved(revision="3").identity() != base
 
 

@@ -95,6 +95,6 @@ def test_actions_live_as_long_as_their_analysis(world, monkeypatch):
     analysis_id = poll(store, astore, followup, "fail")
     (event_id,) = [args[0] for task, args in enqueued if task == ACT_TASK]
     action = {"type": "traffic.rollback", "status": "applied"}
-    monkeypatch.setattr(followup, "_traffic", lambda result: [action])
+    monkeypatch.setattr(followup, "_traffic", lambda result, pin: [action])
     assert followup.act(event_id) == [action]
     assert RESULT_TTL - 10 < store.redis.ttl(followup.actions_key(analysis_id)) <= RESULT_TTL

@@ -171,6 +171,12 @@ def rollback(
     )
 
 
+# Keeps the first absolute goals of an action and returns the goals kept (ours, or those an
+# earlier run of the same action stored): a relative step redone after a crash must not step
+# again from the weights its first run already wrote.
+PinGoals = Callable[[dict[str, int]], dict[str, int]]
+
+
 def step_up(
     api: client.ApiClient,
     target: TrafficTarget,
@@ -178,8 +184,12 @@ def step_up(
     max_weight: int,
     dry_run: bool = False,
     request_timeout: float = 10.0,
+    pin: PinGoals | None = None,
 ) -> ActionRecord:
-    """Raise each route's canary weight by `step`, capped at `max_weight`; never lowers it."""
+    """Raise each route's canary weight by `step`, capped at `max_weight`; never lowers it.
+
+    With `pin`, the absolute weights computed from the first read are stored through it and
+    every later run of the same action aims at those (see PinGoals)."""
     if step < 1 or not 0 <= max_weight <= 100:
         raise ValueError("step must be >= 1 and max_weight within 0..100")
     return _shift(
@@ -189,6 +199,7 @@ def step_up(
         "traffic.step",
         dry_run=dry_run,
         request_timeout=request_timeout,
+        pin=pin,
     )
 
 
@@ -227,10 +238,13 @@ class _Shift:
         target: TrafficTarget,
         weight_for: Callable[[int], int],
         request_timeout: float,
+        pin: PinGoals | None = None,
     ) -> None:
         self.objects = client.CustomObjectsApi(api)
         self.target = target
         self.weight_for = weight_for
+        self.pin = pin
+        self.pinned: dict[str, int] | None = None  # absolute goals per route, once pinned
         self.timeout = request_timeout
         self.plans: list[_RoutePlan] = []
         self.skipped: list[str] = []  # routes found without `routes` that could not be shifted
@@ -245,6 +259,8 @@ class _Shift:
         self.sent_goal: dict[str, int] = {}
 
     def goal(self, key: str, current: int) -> int:
+        if self.pinned is not None and key in self.pinned:
+            return self.pinned[key]
         if self.patch_outcome_unknown and key in self.sent_goal:
             return self.sent_goal[key]
         return self.weight_for(current)
@@ -320,6 +336,12 @@ class _Shift:
             # Nobody wrote since our patch was refused: the refusal was about the patch itself.
             raise _Failed(f"invalid: the API server refused the patch: {self.rejected_message}")
         self.plans, self.skipped = _plan_routes(virtual_service, self.target, self.goal)
+        if self.pin is not None and self.pinned is None:
+            try:
+                self.pinned = self.pin({plan.key: plan.new[0] for plan in self.plans})
+            except Exception as error:  # no patch whose redo could land elsewhere
+                raise _Failed(f"cannot store the target weights: {error}") from None
+            self.plans, self.skipped = _plan_routes(virtual_service, self.target, self.goal)
         if all(plan.old == plan.new for plan in self.plans):
             self.patch = []
             return "applied" if self.patch_outcome_unknown else "unchanged"
@@ -340,8 +362,9 @@ def _shift(
     dry_run: bool,
     max_attempts: int = 5,
     request_timeout: float = 10.0,
+    pin: PinGoals | None = None,
 ) -> ActionRecord:
-    shift = _Shift(api, target, weight_for, request_timeout)
+    shift = _Shift(api, target, weight_for, request_timeout, pin)
     retrying = Retrying(
         stop=stop_after_attempt(max(1, max_attempts)),
         # Small and jittered: a rollback should land before Argo's own abort reconciles.
