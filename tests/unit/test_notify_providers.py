@@ -36,7 +36,8 @@ from worker.notify import (
     severity_allows,
 )
 from worker.notify.delivery import parse_retry_after
-from worker.notify.providers import redact_url, truncate_utf8
+from worker.notify.fit import truncate_utf8
+from worker.notify.providers import redact_url
 
 NOW = 1_767_225_600.25  # 2026-01-01T00:00:00.25Z
 KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "generic")

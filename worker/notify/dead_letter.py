@@ -23,7 +23,6 @@ RATE_LIMIT_PREFIX = "rollout-analyzer:notify-rate"
 # Aliases: inside DeadLetters the name `list` is the method, not the builtin.
 RawEntries = list[str]
 Entries = list[dict[str, Any]]
-Results = list[DeliveryResult]
 
 
 class DeadLetters:
@@ -46,10 +45,7 @@ class DeadLetters:
             "result": result.to_dict(),
             "notification": notification.model_dump(mode="json"),
         }
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
-        pipe.ltrim(self._key, 0, self._max_len - 1)
-        pipe.execute()
+        self._store(entry)
         return cast(str, entry["id"])
 
     def _raw(self, limit: int | None) -> RawEntries:
@@ -74,25 +70,35 @@ class DeadLetters:
                 return int(self._redis.lrem(self._key, 1, raw)) == 1
         return False
 
-    def retry_all(self, deliver_fn: Callable[[str, Notification], DeliveryResult]) -> Results:
-        """Redeliver every entry, oldest first, with `deliver_fn(target_name, notification)`.
+    def take(self, entry_id: str) -> dict[str, Any] | None:
+        """Remove one entry and return it, for a retry; None when it is not (or no longer) there.
 
-        Delivered entries are removed; failed ones stay, with the new reason and a retry count.
+        LREM is atomic: of two operators retrying the same letter, only one gets it.
         """
-        results: Results = []
-        for raw in reversed(self._raw(None)):
+        for raw in self._raw(None):
             entry = json.loads(raw)
-            result = deliver_fn(entry["target"], Notification.model_validate(entry["notification"]))
-            results.append(result)
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.lrem(self._key, 1, raw)
-            if result.status != "delivered":
-                entry["retries"] = int(entry.get("retries", 0)) + 1
-                entry["result"] = result.to_dict()
-                pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
-                pipe.ltrim(self._key, 0, self._max_len - 1)
-            pipe.execute()
-        return results
+            if entry["id"] == entry_id:
+                return entry if int(self._redis.lrem(self._key, 1, raw)) == 1 else None
+        return None
+
+    def take_all(self) -> Entries:
+        """Remove every entry and return them, oldest first."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lrange(self._key, 0, -1)
+        pipe.delete(self._key)
+        raw, _ = pipe.execute()
+        return [json.loads(r) for r in reversed(raw)]
+
+    def restore(self, entry: dict[str, Any], result: DeliveryResult) -> None:
+        """Put back an entry whose retry failed (or could not be started), one retry counted."""
+        entry = {**entry, "retries": int(entry.get("retries", 0)) + 1, "result": result.to_dict()}
+        self._store(entry)
+
+    def _store(self, entry: dict[str, Any]) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+        pipe.ltrim(self._key, 0, self._max_len - 1)
+        pipe.execute()
 
 
 # INCR and EXPIRE in one step: a crash between the two would leave a counter that never expires.
