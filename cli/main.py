@@ -7,6 +7,7 @@ import sys
 import click
 
 from cli.analyze import analyze
+from cli.dead_letters import dead_letters
 from cli.doctor import doctor
 from cli.policies import policies
 from cli.record import record
@@ -125,7 +126,7 @@ def demo(port: int, host: str) -> None:
     run_demo(host, port)
 
 
-for _command in (analyze, replay, record, template, doctor, policies):
+for _command in (analyze, replay, record, template, doctor, policies, dead_letters):
     cli.add_command(_command)
 
 

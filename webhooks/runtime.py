@@ -96,7 +96,7 @@ class InProcessDispatcher:
             ACT_TASK: followup.act,
             NOTIFY_TASK: followup.notify,
             ARGO_EVENT_TASK: followup.on_argo_event,
-            REDELIVER_TASK: followup.chat.redeliver if followup.chat else (lambda *_: None),
+            REDELIVER_TASK: followup.chat.retry_dead_letter if followup.chat else (lambda *_: None),
         }
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
 

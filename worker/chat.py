@@ -98,6 +98,13 @@ class ChatSender:
             self.dead_letters.push(result, notification)
         return self._finish(step_key, result.to_dict())
 
+    def retry_dead_letter(self, entry_id: str, attempt: int = 1) -> str:
+        """The REDELIVER task: take the letter out (repeatably), then send it like any message."""
+        entry = self.dead_letters.take(entry_id)
+        if entry is None:
+            return "gone"  # retried or dropped by someone else meanwhile
+        return self.redeliver(entry, attempt)
+
     def redeliver(self, entry: dict[str, Any], attempt: int = 1) -> str:
         """A dead letter sent again on an operator's request, by the same path; when it fails
         again it goes back to the dead letters with one more retry counted."""
@@ -113,6 +120,8 @@ class ChatSender:
         result = self._attempt(step_key, target, notification, attempt)
         if result.status == "failed":
             self.dead_letters.restore(entry, result)
+        else:
+            self.dead_letters.release(entry["id"])
         return self._finish(step_key, result.to_dict())
 
     def _may_start(self, step_key: str, attempt: int) -> bool:

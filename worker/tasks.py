@@ -101,15 +101,14 @@ def notify(self: Task, event_id: str, target: str, attempt: int = 1) -> str:
 
 
 @shared_task(bind=True, name=REDELIVER_TASK, acks_late=True, reject_on_worker_lost=True)
-def redeliver(self: Task, entry: dict[str, Any], attempt: int = 1) -> str:
+def redeliver(self: Task, entry_id: str, attempt: int = 1) -> str:
     chat = followup().chat
     assert chat is not None
     try:
-        return chat.redeliver(entry, attempt)
+        return chat.retry_dead_letter(entry_id, attempt)
     except RetryLater as later:
-        raise self.retry(
-            args=[entry, later.attempt], countdown=later.countdown, max_retries=None
-        ) from None
+        args = [entry_id, later.attempt]
+        raise self.retry(args=args, countdown=later.countdown, max_retries=None) from None
 
 
 @shared_task(name=ARGO_EVENT_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -275,10 +275,9 @@ def test_server_errors_forever_fail_and_land_in_dead_letters(
 
     # The service recovers: the letter, taken out and sent by the same path, is delivered.
     receivers.always("feishu", None)
-    taken = chat.dead_letters.take(entry["id"])
-    assert taken is not None and chat.dead_letters.count() == 0
-    assert chat.redeliver(taken) == "delivered"
-    assert chat.redeliver(taken) == "duplicate"  # a redelivered retry task sends nothing
+    assert chat.retry_dead_letter(entry["id"]) == "delivered"
+    assert chat.dead_letters.count() == 0
+    assert chat.retry_dead_letter(entry["id"]) == "gone"  # a second retry task sends nothing
     assert len(receivers.accepted("feishu")) == 1
 
 
@@ -288,10 +287,13 @@ def test_a_redelivery_that_fails_again_goes_back_with_a_retry_counted(
     receivers.always("wecom", Answer.json({"errcode": 93000, "errmsg": "invalid webhook url"}))
     chat = sender(redis_client, [chat_target(receivers, "wecom")])
     assert until_settled(chat, "t:step:5", "wecom-ops", verdict())[0] == "failed"
-    (taken,) = chat.dead_letters.take_all()
-    assert chat.redeliver(taken) == "failed"
+    (failed,) = chat.dead_letters.list()
+    taken = chat.dead_letters.take(failed["id"])
+    assert taken == failed and chat.dead_letters.count() == 0
+    # The worker died mid-retry: the redelivered task finds the letter where it was left.
+    assert chat.retry_dead_letter(failed["id"]) == "failed"
     (entry,) = chat.dead_letters.list()
-    assert (entry["id"], entry["retries"]) == (taken["id"], 1)
+    assert (entry["id"], entry["retries"]) == (failed["id"], 1)
     assert entry["result"]["reason"] == "wecom error 93000: invalid webhook url"
 
 

@@ -25,6 +25,22 @@ RawEntries = list[str]
 Entries = list[dict[str, Any]]
 
 
+# Entries are compact JSON that starts with their id: `{"id":"<32 hex>",...`.
+_TAKE = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return held end
+local prefix = '{"id":"' .. ARGV[1] .. '"'
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(raw, 1, #prefix) == prefix then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('HSET', KEYS[2], ARGV[1], raw)
+    return raw
+  end
+end
+return false
+"""
+
+
 class DeadLetters:
     """A capped Redis list of failed deliveries, newest first."""
 
@@ -33,7 +49,9 @@ class DeadLetters:
     ) -> None:
         self._redis = redis_client
         self._key = key
+        self._retrying = f"{key}:retrying"
         self._max_len = max_len
+        self._take = redis_client.register_script(_TAKE)
 
     def push(self, result: DeliveryResult, notification: Notification) -> str:
         """Store one failed delivery; returns its id. The oldest entries beyond max_len go."""
@@ -71,28 +89,27 @@ class DeadLetters:
         return False
 
     def take(self, entry_id: str) -> dict[str, Any] | None:
-        """Remove one entry and return it, for a retry; None when it is not (or no longer) there.
+        """Move one entry from the list to the retrying set and return it; None when it is in
+        neither (retried or dropped already).
 
-        LREM is atomic: of two operators retrying the same letter, only one gets it.
+        Atomic, and repeatable: a retry task redelivered after its worker died finds the entry
+        where the first run left it, so a letter is never lost between list and delivery.
         """
-        for raw in self._raw(None):
-            entry = json.loads(raw)
-            if entry["id"] == entry_id:
-                return entry if int(self._redis.lrem(self._key, 1, raw)) == 1 else None
-        return None
+        raw = self._take(keys=[self._key, self._retrying], args=[entry_id])
+        return json.loads(raw) if raw else None
 
-    def take_all(self) -> Entries:
-        """Remove every entry and return them, oldest first."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.lrange(self._key, 0, -1)
-        pipe.delete(self._key)
-        raw, _ = pipe.execute()
-        return [json.loads(r) for r in reversed(raw)]
+    def release(self, entry_id: str) -> None:
+        """The retried entry was delivered: forget it."""
+        self._redis.hdel(self._retrying, entry_id)
 
     def restore(self, entry: dict[str, Any], result: DeliveryResult) -> None:
         """Put back an entry whose retry failed (or could not be started), one retry counted."""
         entry = {**entry, "retries": int(entry.get("retries", 0)) + 1, "result": result.to_dict()}
-        self._store(entry)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._retrying, entry["id"])
+        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+        pipe.ltrim(self._key, 0, self._max_len - 1)
+        pipe.execute()
 
     def _store(self, entry: dict[str, Any]) -> None:
         pipe = self._redis.pipeline(transaction=True)
