@@ -44,7 +44,10 @@ def _enqueue_retries(ids: list[str]) -> None:
 
 @click.group("dead-letters")
 def dead_letters() -> None:
-    """List, retry or drop chat deliveries that failed after their retries."""
+    """List, retry or drop chat deliveries that failed after their retries.
+
+    Example: rollout-analyzer dead-letters list
+    """
 
 
 @dead_letters.command("list", cls=Command)
