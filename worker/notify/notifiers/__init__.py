@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worker.notify.notifiers.base import Notifier, PreparedRequest, Reply
 from worker.notify.notifiers.dingtalk import DingTalk
+from worker.notify.notifiers.discord import Discord
 from worker.notify.notifiers.feishu import Feishu
 from worker.notify.notifiers.generic import Generic
 from worker.notify.notifiers.slack import Slack
@@ -11,7 +12,7 @@ from worker.notify.notifiers.teams import Teams
 from worker.notify.notifiers.wecom import WeCom
 
 NOTIFIERS: dict[str, Notifier] = {
-    n.kind: n for n in (Slack(), Teams(), DingTalk(), WeCom(), Feishu(), Generic())
+    n.kind: n for n in (Slack(), Teams(), DingTalk(), WeCom(), Feishu(), Generic(), Discord())
 }
 
 
