@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 DINGTALK_SECRET = "SECdingtalk-test-0f9e"
 FEISHU_SECRET = "feishu-test-secret-77"
 GENERIC_SECRET = "generic-hmac-secret-31"
-KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "generic")
+KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "discord", "generic")
 
 
 NOW = 1_767_225_600.0
@@ -100,7 +100,8 @@ def test_delivered_on_the_first_try(
     receivers: ChatReceivers, client: httpx.Client, kind: str
 ) -> None:
     result = once(client, chat_target(receivers, kind))
-    assert result == DeliveryResult(f"{kind}-ops", "delivered", 1, 202 if kind == "teams" else 200)
+    status = {"teams": 202, "discord": 204}.get(kind, 200)
+    assert result == DeliveryResult(f"{kind}-ops", "delivered", 1, status)
     (message,) = receivers.accepted(kind)
     assert "payments" in message.raw.decode()
     assert receivers.rejected(kind) == []
@@ -110,6 +111,18 @@ def test_retry_after_is_read_from_a_429(receivers: ChatReceivers, client: httpx.
     receivers.script("teams", Answer.rate_limited(retry_after="7"))
     result = once(client, chat_target(receivers, "teams"))
     assert (result.status, result.http_status, result.retry_after) == ("retry", 429, 7.0)
+
+
+def test_discord_says_how_long_to_wait_in_its_429_body(
+    receivers: ChatReceivers, client: httpx.Client
+) -> None:
+    limited = {"message": "You are being rate limited.", "retry_after": 0.75, "global": False}
+    receivers.script("discord", Answer.json(limited, status=429))
+    result = once(client, chat_target(receivers, "discord"))
+    assert (result.status, result.http_status, result.retry_after) == ("retry", 429, 0.75)
+    receivers.script("discord", Answer.json({"code": 10015, "message": "Unknown Webhook"}, 404))
+    unknown = once(client, chat_target(receivers, "discord"))
+    assert (unknown.status, unknown.reason) == ("failed", "discord error 10015: Unknown Webhook")
 
 
 def test_wrong_dingtalk_secret_is_rejected_and_not_retried(
