@@ -58,7 +58,7 @@ def router(settings: Settings, runtime: Callable[[], Runtime]) -> APIRouter:
         return JSONResponse({"retrying": ids}, status_code=202)
 
     @routes.get("/v1/dead-letters", responses=answers(DeadLetterList, 401, 422, 503))
-    async def list_dead_letters(limit: int = Query(50, ge=1, le=1000)) -> JSONResponse:
+    async def dead_letters(limit: int = Query(50, ge=1, le=1000)) -> JSONResponse:
         """Chat deliveries that failed after their retries, newest first."""
         try:
             raw = await runtime().client.lrange(key, 0, limit - 1)
