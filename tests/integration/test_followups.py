@@ -9,7 +9,6 @@ import json
 import subprocess
 import time
 
-import httpx
 import pytest
 import redis
 import yaml
@@ -193,30 +192,22 @@ def test_dead_letters_from_the_command_line(world, workers):
     stack, rx = world
     workers()
     rx.always("generic", Answer.status_only(500))
-    for revision in ("301", "302"):
+    for revision in ("301", "302", "303"):
         argo_event(stack, revision)
-        dead_letter_for(stack, revision)
+    entries = {rev: dead_letter_for(stack, rev) for rev in ("301", "302", "303")}
     listed = cli(stack, "list", "--output", "json")
     assert listed.returncode == 0, listed.stderr
     assert sorted(e["notification"]["revision"] for e in json.loads(listed.stdout)) == [
-        "301", "302",
+        "301", "302", "303",
     ]  # fmt: skip
-    text = cli(stack, "list").stdout
-    assert "audit" in text and "HTTP 500" in text and "shop/errors rollout-aborted" in text
-
-    unknown = cli(stack, "retry", "f" * 32)
+    dropped = entries["303"]["id"]
+    assert cli(stack, "drop", dropped).stdout.strip() == f"dropped {dropped}"
+    unknown = cli(stack, "retry", dropped)
     assert unknown.returncode == 3 and "entry_id" in unknown.stderr
-    assert cli(stack, "retry").returncode == 3  # neither an id nor --all
 
     rx.always("generic", None)
     retried = cli(stack, "retry", "--all")
     assert (retried.returncode, retried.stdout.strip()) == (0, "2 retries queued")
     wait_for(lambda: len(rx.accepted("generic")) == 2, 15, "both retried letters")
-    assert cli(stack, "list").stdout.strip() == "no dead letters"
-
-    rx.always("generic", Answer.status_only(500))
-    argo_event(stack, "303")
-    entry = dead_letter_for(stack, "303")
-    assert cli(stack, "drop", entry["id"]).stdout.strip() == f"dropped {entry['id']}"
-    assert cli(stack, "drop", entry["id"]).returncode == 3
-    assert httpx.get(f"{stack.url}/healthz").status_code == 200
+    assert sorted(m.body["revision"] for m in rx.accepted("generic")) == ["301", "302"]
+    assert letters(stack) == []
