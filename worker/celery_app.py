@@ -53,6 +53,9 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": max(300, int(settings.task_time_limit * 4)),
             "socket_connect_timeout": 1,
             "socket_timeout": 3,
+            # A worker reading both queues takes analyses first (worker/queues.py lists them
+            # first): a backlog of chat and traffic follow-ups never delays a verdict.
+            "queue_order_strategy": "priority",
         },
         broker_pool_limit=10,
     )
