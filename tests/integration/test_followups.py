@@ -164,6 +164,12 @@ def test_dead_letters_are_listed_retried_and_dropped_over_http(world, workers):
     argo_event(stack, "201")
     entry = dead_letter_for(stack, "201")
     assert (entry["target"], entry["result"]["attempts"]) == ("audit", 2)
+    # The report pages list the settled step of the event (worker/history.py).
+    kv = redis.Redis.from_url(stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
+    steps = kv.smembers(
+        f"{stack.env['ROLLOUT_ANALYZER_KEY_PREFIX']}history:steps:{NS}/errors@201!rollout-aborted"
+    )
+    assert b"notify:audit" in steps
     with stack.client() as client:
         assert client.post(f"/v1/dead-letters/{'0' * 32}/retry").status_code == 404
         assert client.post("/v1/dead-letters/nope/retry").json()["field"] == "entry_id"
