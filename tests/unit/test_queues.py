@@ -17,7 +17,7 @@ def test_follow_ups_go_to_their_own_queue_named_after_the_analysis_queue() -> No
 
 
 def test_a_worker_reading_both_queues_takes_analyses_first() -> None:
-    """The bench (row 10) measured what this order is worth: with Redis' round-robin order a
+    """The bench (row 11) measured what this order is worth: with Redis' round-robin order a
     burst under a chat outage had 1.56x the healthy p99; analyses first, 0.96x."""
     settings = Settings(queue="ra-prod")
     assert consumed(settings, "all") == ["ra-prod", "ra-prod-followups"]
