@@ -128,18 +128,14 @@ def check_redis(ctx: Context) -> Iterator[Check]:
 # --- Prometheus ---------------------------------------------------------------------------------
 
 
-def _prometheus_client(ctx: Context) -> Any:
+def _prometheus_client(ctx: Context, url: str) -> Any:
     import httpx
 
-    s = ctx.settings
-    headers = {}
-    if s.prometheus_token:
-        headers["Authorization"] = f"Bearer {s.prometheus_token.get_secret_value()}"
-    auth = None
-    if s.prometheus_username:
-        password = s.prometheus_password.get_secret_value() if s.prometheus_password else ""
-        auth = (s.prometheus_username, password)
-    verify: Any = False if s.prometheus_insecure else (s.prometheus_ca_file or True)
+    # The worker's own settings, TLS included (CA file, insecure, client certificate).
+    config = ctx.settings.prometheus_config(url)
+    headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    auth = (config.username, config.password or "") if config.username else None
+    verify = config.ssl_context()
     return httpx.Client(headers=headers, auth=auth, verify=verify, timeout=ctx.timeout)
 
 
@@ -159,7 +155,13 @@ def check_prometheus(ctx: Context) -> Iterator[Check]:
         )
         return
     base = url.rstrip("/")
-    with _prometheus_client(ctx) as client:
+    try:
+        client = _prometheus_client(ctx, base)
+    except OSError as exc:  # an unreadable CA, certificate or key file
+        fix = "check ROLLOUT_ANALYZER_PROMETHEUS_CA_FILE / _CERT_FILE / _KEY_FILE"
+        yield Check("FAIL", "prometheus", f"TLS settings: {exc}", fix)
+        return
+    with client:
         try:
             answer = client.get(f"{base}/api/v1/status/buildinfo")
         except httpx.HTTPError as exc:
@@ -373,7 +375,7 @@ def check_chat(ctx: Context) -> Iterator[Check]:
 def _send_test(ctx: Context, target: Any, name: str) -> Check:
     import httpx
 
-    from worker.notify import Notification, deliver
+    from worker.notify import Notification, send_once
 
     note = Notification(
         analysis_id="doctor-test",
@@ -385,7 +387,7 @@ def _send_test(ctx: Context, target: Any, name: str) -> Check:
         event="test",
     )
     with httpx.Client(timeout=ctx.timeout) as http:
-        result = deliver(http, target, note, max_attempts=1)
+        result = send_once(http, target, note, time.time(), attempt=1)
     if result.status == "delivered":
         return Check("ok", name, f"test message delivered (HTTP {result.http_status})")
     fix = "the service refused it: check the URL token, signing secret and keywords"

@@ -7,6 +7,7 @@ import sys
 import click
 
 from cli.analyze import analyze
+from cli.dead_letters import dead_letters
 from cli.doctor import doctor
 from cli.policies import policies
 from cli.record import record
@@ -57,14 +58,23 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
 @click.option("--concurrency", "-c", type=int, default=2, show_default=True)
 @click.option("--pool", default="prefork", show_default=True, help="prefork, threads or solo.")
 @click.option("--hostname", default=None, help="Celery node name (default: ra@<host>).")
-def worker(concurrency: int, pool: str, hostname: str | None) -> None:
-    """Run a Celery worker that computes analyses.
+@click.option(
+    "--queues",
+    "which",
+    type=click.Choice(["all", "analyses", "followups"]),
+    default="all",
+    show_default=True,
+    help="Analyses, follow-ups (traffic, chat, Argo events) or both.",
+)
+def worker(concurrency: int, pool: str, hostname: str | None, which: str) -> None:
+    """Run a Celery worker that computes analyses and acts on their verdicts.
 
-    Example: rollout-analyzer worker --concurrency 4
+    Example: rollout-analyzer worker --concurrency 4 --queues followups
     """
     from worker import tracing
     from worker.celery_app import app
     from worker.logs import setup_logging
+    from worker.queues import consumed
     from worker.settings import get_settings
 
     settings = get_settings()
@@ -74,11 +84,12 @@ def worker(concurrency: int, pool: str, hostname: str | None) -> None:
         "worker",
         f"--concurrency={concurrency}",
         f"--pool={pool}",
-        f"--queues={settings.queue}",
+        f"--queues={','.join(consumed(settings, which))}",
     ]
     argv += [f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    app.conf.analysis_worker = which != "followups"
     app.worker_main(argv)
 
 
@@ -115,7 +126,7 @@ def demo(port: int, host: str) -> None:
     run_demo(host, port)
 
 
-for _command in (analyze, replay, record, template, doctor, policies):
+for _command in (analyze, replay, record, template, doctor, policies, dead_letters):
     cli.add_command(_command)
 
 

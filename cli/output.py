@@ -207,7 +207,7 @@ def build_spec(args: SpecArgs, *, end: str | None = None, now: float | None = No
 
 
 def make_source(prometheus: str | None, recording: str | None) -> MetricsSource:
-    from analysis.sources.prometheus import PrometheusConfig, PrometheusSource
+    from analysis.sources.prometheus import PrometheusSource
     from analysis.sources.recording import RecordingSource
 
     if prometheus and recording:
@@ -217,21 +217,7 @@ def make_source(prometheus: str | None, recording: str | None) -> MetricsSource:
             return RecordingSource.from_file(recording)
     current = settings()
     if prometheus:
-        return PrometheusSource(
-            PrometheusConfig(
-                url=prometheus,
-                token=current.prometheus_token.get_secret_value()
-                if current.prometheus_token
-                else None,
-                username=current.prometheus_username,
-                password=current.prometheus_password.get_secret_value()
-                if current.prometheus_password
-                else None,
-                ca_file=current.prometheus_ca_file,
-                insecure=current.prometheus_insecure,
-                query_timeout_seconds=current.prometheus_query_timeout_seconds,
-            )
-        )
+        return PrometheusSource(current.prometheus_config(prometheus))
     try:
         source: MetricsSource = current.source()
     except (RuntimeError, SourceError) as exc:

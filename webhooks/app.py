@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.exceptions
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -34,6 +34,8 @@ from analysis.request import (
     request_from_query,
     resolve,
 )
+from webhooks import dead_letters
+from webhooks.errors import error
 from webhooks.limits import BodyLimit
 from webhooks.metrics import WebhookMetrics
 from webhooks.recent import Answer as RecentAnswer
@@ -41,7 +43,6 @@ from webhooks.recent import RecentAnswers
 from webhooks.runtime import Runtime, build_runtime
 from webhooks.schemas import (
     AnalysisAnswer,
-    DeadLetterList,
     EventAccepted,
     StoredAnalysis,
     answers,
@@ -56,14 +57,7 @@ from worker.task_names import ANALYZE_TASK, ARGO_EVENT_TASK
 
 log = logging.getLogger("rollout_analyzer.webhook")
 ANALYSIS_ID = re.compile(r"^[0-9a-f]{32}$")
-RETRY_AFTER_SECONDS = "5"
 STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
-
-
-def error(status: int, field: str, message: str, **extra: Any) -> JSONResponse:
-    body = {"error": f"{field}: {message}", "field": field, "message": message, **extra}
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Any:
@@ -341,14 +335,7 @@ def create_app(settings: Settings | None = None) -> Any:
             return error(503, "queue", "the task queue is unreachable; retry later")
         return JSONResponse({"accepted": True, "event": event.event}, status_code=202)
 
-    @app.get("/v1/dead-letters", dependencies=v1, responses=answers(DeadLetterList, 401, 422, 503))
-    async def dead_letters(limit: int = Query(50, ge=1, le=1000)) -> JSONResponse:
-        """Chat deliveries that failed after their retries, newest first."""
-        try:
-            raw = await runtime().client.lrange(f"{settings.key_prefix}dead-letters", 0, limit - 1)
-        except STORE_ERRORS:
-            return error(503, "store", "the state store (Redis) is unreachable; retry later")
-        return JSONResponse({"dead_letters": [json.loads(item) for item in raw]})
+    app.include_router(dead_letters.router(settings, runtime), dependencies=v1)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -379,8 +366,9 @@ def create_app(settings: Settings | None = None) -> Any:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(ui_router(settings, lambda: runtime().client, policies))
-    observed = Observe(app, metrics)
-    return BodyLimit(observed, settings.max_body_bytes, settings.body_timeout_seconds)
+    # Observe outermost: a body refused by the limits (400/408/413) is logged and counted too.
+    limited = BodyLimit(app, settings.max_body_bytes, settings.body_timeout_seconds)
+    return Observe(limited, metrics)
 
 
 def _id(analysis_id: str) -> dict[str, str]:

@@ -26,10 +26,10 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await reject(send, 400, "content-length", "is not a number")
+                await reject(scope, send, 400, "content-length", "is not a number")
                 return
             if int(declared) > self.max_bytes:
-                await reject(send, 413, "body", f"is larger than {self.max_bytes} bytes")
+                await reject(scope, send, 413, "body", f"is larger than {self.max_bytes} bytes")
                 return
         chunks: list[bytes] = []
         size = 0
@@ -39,14 +39,16 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(remaining, 0.001))
             except TimeoutError:
-                await reject(send, 408, "body", f"not received within {self.timeout_seconds:g} s")
+                await reject(
+                    scope, send, 408, "body", f"not received within {self.timeout_seconds:g} s"
+                )
                 return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await reject(send, 413, "body", f"is larger than {self.max_bytes} bytes")
+                await reject(scope, send, 413, "body", f"is larger than {self.max_bytes} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -65,8 +67,10 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def reject(send: Any, status: int, field: str, message: str) -> None:
+async def reject(scope: Scope, send: Any, status: int, field: str, message: str) -> None:
     body = json.dumps({"error": f"{field}: {message}", "field": field, "message": message})
+    # What the request log line says about it (webhooks/app.py's Observe writes that line).
+    scope.setdefault("state", {})["log"] = {"rejected": f"{field}: {message}"}
     await send(
         {
             "type": "http.response.start",

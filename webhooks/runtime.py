@@ -15,10 +15,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from webhooks.producer import RedisTaskProducer, publishes_directly
+from worker.chat import RetryLater
+from worker.queues import queue_for
 from worker.redis_clients import async_cluster_client
 from worker.settings import Settings
 from worker.store import AsyncStore, Store
-from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
+from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK, REDELIVER_TASK
 
 IN_PROCESS_WORKER = "in-process"
 REDIS_CONNECTIONS = 256  # per webhook process; Redis takes 10,000 by default
@@ -35,19 +37,29 @@ class CeleryDispatcher:
         from worker.celery_app import app
 
         self._app = app
-        self._queue = settings.queue
-        # A Redis broker gets the task straight from the event loop (webhooks/producer.py).
-        self._producer = RedisTaskProducer(app, broker, settings.queue) if broker else None
+        self._settings = settings
+        # A Redis broker gets the task straight from the event loop (webhooks/producer.py),
+        # one producer per queue (analyses, follow-ups: worker/queues.py) on one connection pool.
+        self._producers = (
+            {q: RedisTaskProducer(app, broker, q) for q in (settings.queue, settings.followups)}
+            if broker
+            else {}
+        )
 
     async def enqueue(self, task: str, args: list[Any]) -> None:
-        if self._producer is not None:
-            await self._producer.publish(task, args)
+        queue = queue_for(self._settings, task)
+        if self._producers:
+            await self._producers[queue].publish(task, args)
             return
         # kombu publishes synchronously; keep the event loop free while it does.
-        await asyncio.to_thread(self._app.send_task, task, args=args, queue=self._queue)
+        await asyncio.to_thread(self._app.send_task, task, args=args, queue=queue)
 
     def close(self) -> None:
         pass
+
+
+# Where the attempt number sits in the arguments of the tasks that retry.
+_ATTEMPT_AT = {NOTIFY_TASK: 2, REDELIVER_TASK: 1}
 
 
 class InProcessDispatcher:
@@ -84,6 +96,7 @@ class InProcessDispatcher:
             ACT_TASK: followup.act,
             NOTIFY_TASK: followup.notify,
             ARGO_EVENT_TASK: followup.on_argo_event,
+            REDELIVER_TASK: followup.chat.retry_dead_letter if followup.chat else (lambda *_: None),
         }
         threading.Thread(target=self._beat, daemon=True, name="heartbeat").start()
 
@@ -94,7 +107,18 @@ class InProcessDispatcher:
 
     def submit(self, task: str, args: list[Any]) -> None:
         # The caller's context (its trace span) goes along, as Celery headers carry it.
-        self._pool.submit(contextvars.copy_context().run, self._tasks[task], *args)
+        self._pool.submit(contextvars.copy_context().run, self._run, task, args)
+
+    def _run(self, task: str, args: list[Any]) -> Any:
+        try:
+            return self._tasks[task](*args)
+        except RetryLater as later:
+            # Celery's countdown, done with a timer: the last argument is the attempt number.
+            retried = [*args[: _ATTEMPT_AT[task]], later.attempt]
+            timer = threading.Timer(later.countdown, self.submit, (task, retried))
+            timer.daemon = True
+            timer.start()
+            return None
 
     async def enqueue(self, task: str, args: list[Any]) -> None:
         self.submit(task, args)

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from worker.queues import FOLLOWUP_TASKS
 from worker.redis_clients import sync_client
 from worker.settings import Settings, get_settings
 from worker.store import Store
@@ -23,6 +24,8 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("rollout_analyzer", broker=settings.broker, backend=settings.backend)
     app.conf.update(
         task_default_queue=settings.queue,
+        # Follow-ups on their own queue, whoever sends them (worker/queues.py).
+        task_routes={task: {"queue": settings.followups} for task in FOLLOWUP_TASKS},
         task_acks_late=True,
         # A task whose worker process dies is put back, not lost.
         task_reject_on_worker_lost=True,
@@ -50,6 +53,9 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": max(300, int(settings.task_time_limit * 4)),
             "socket_connect_timeout": 1,
             "socket_timeout": 3,
+            # A worker reading both queues takes analyses first (worker/queues.py lists them
+            # first): a backlog of chat and traffic follow-ups never delays a verdict.
+            "queue_order_strategy": "priority",
         },
         broker_pool_limit=10,
     )
@@ -87,6 +93,9 @@ _beat_stop = threading.Event()
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    # /readyz counts workers that can answer analyses; a follow-up-only worker cannot.
+    if not app.conf.get("analysis_worker", True):
+        return
     name = f"{getattr(sender, 'hostname', socket.gethostname())}"
     threading.Thread(target=_beat, args=(_beat_stop, name), daemon=True, name="heartbeat").start()
 

@@ -28,10 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from analysis.durations import format_time
 from analysis.policy import PolicySet
 from worker import tracing
+from worker.chat import ChatSender
 from worker.history import History, rollout_key
 from worker.keyspace import Keys
-from worker.notify.dead_letter import DeadLetters, RateLimiter
-from worker.notify.delivery import deliver, severity_allows
 from worker.notify.message import Notification
 from worker.notify.providers import ChatTarget
 from worker.report_links import report_url, timeline_path
@@ -44,6 +43,8 @@ from worker.traffic.istio import step_up as istio_step_up
 log = logging.getLogger("rollout_analyzer.followup")
 
 EVENT_TTL_SECONDS = 7 * 86400
+# Chat outcomes that leave a stored result for the step (not duplicate, suppressed, unknown).
+SETTLED = frozenset({"delivered", "failed", "rate_limited"})
 STEP_LEASE_SECONDS = 120
 
 # A step's done-mark is written only by the worker whose lease token is on it: one whose lease
@@ -158,8 +159,7 @@ class Followup:
     enqueue: Callable[[str, list[Any]], None]
     kube: Callable[[], Any] | None = None
     prometheus_graph_url: str | None = None
-    http: httpx.Client | None = None
-    deliver_options: dict[str, Any] | None = None
+    chat: ChatSender | None = None
     kube_timeout_seconds: float = 10.0
     public_url: str | None = None  # where people open the report pages
     result_ttl_seconds: int = 86400
@@ -172,9 +172,7 @@ class Followup:
         self._legacy = not isinstance(self.redis, redis.cluster.RedisCluster)
         self._transition = self.redis.register_script(TRANSITION)
         self._step_done = self.redis.register_script(STEP_DONE)
-        self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
-        self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
-        self.http = self.http or httpx.Client(timeout=10)
+        self.chat = self.chat or ChatSender(self.redis, self.prefix, self.targets)
 
     # --- keys -------------------------------------------------------------------------------
     def _event_key(self, event_id: str) -> str:
@@ -394,47 +392,23 @@ class Followup:
         chosen = self._actions_policy(result).notify.targets if result else None
         return [n for n in self.targets if chosen is None or n in chosen]
 
-    def notify(self, event_id: str, target_name: str) -> str:
+    def notify(self, event_id: str, target_name: str, attempt: int = 1) -> str:
+        """One delivery attempt of an event's message (worker/chat.py: RetryLater for more)."""
         event = self.event(event_id)
-        target = self.targets.get(target_name)
-        if event is None or target is None:
+        if event is None or target_name not in self.targets:
             return "unknown"
-        notification = self.notification(event)
-        if not severity_allows(target, notification.severity):
-            return "suppressed"
+        assert self.chat is not None
         step = f"notify:{target_name}"
-        token = self._begin(event_id, step)
-        if not token:
-            return "duplicate"
-        # A failure always gets through; the rate limit is for chatter.
-        if (
-            notification.severity != "error"
-            and target.rate_limit_per_minute is not None
-            and not self.limiter.allow(
-                f"{event['rollout_key']}|{target_name}", target.rate_limit_per_minute
-            )
-        ):
-            self._done(event_id, step, token, {"status": "rate_limited"})
-            return "rate_limited"
-        assert self.http is not None
-        # Name and kind only: a chat webhook URL is a credential.
-        with tracing.span("chat.deliver", **{"chat.target": target_name, "chat.kind": target.kind}):
-            outcome = deliver(self.http, target, notification, **(self.deliver_options or {}))
-            tracing.set_attributes(
-                {
-                    "chat.status": outcome.status,
-                    "chat.attempts": outcome.attempts,
-                    "http.response.status_code": outcome.http_status,
-                }
-            )
-        if outcome.status == "failed":
-            self.dead_letters.push(outcome, notification)
-        self._done(event_id, step, token, outcome.to_dict())
-        log.info(
-            "notification",
-            extra={"target": target_name, "status": outcome.status, "attempts": outcome.attempts},
+        outcome = self.chat.send(
+            self._step_key(event_id, step),
+            target_name,
+            self.notification(event),
+            attempt,
+            rate_key=f"{event['rollout_key']}|{target_name}",
         )
-        return outcome.status
+        if outcome in SETTLED:
+            self.history.step(event_id, step)  # the report pages list the step with its outcome
+        return outcome
 
     def notification(self, event: dict[str, Any]) -> Notification:
         if event["kind"] == "argo":
@@ -536,15 +510,23 @@ def build_followup(
                 )
             return cache["api"]
 
+    targets = load_targets(settings.chat_targets_file)
     return Followup(
         redis=client,
         prefix=settings.key_prefix,
         policies=settings.policies(),
-        targets=load_targets(settings.chat_targets_file),
+        targets=targets,
         enqueue=enqueue,
         kube=kube,
         prometheus_graph_url=settings.prometheus_graph_url,
-        http=httpx.Client(timeout=settings.notify_timeout_seconds),
+        chat=ChatSender(
+            client,
+            settings.key_prefix,
+            targets,
+            httpx.Client(timeout=settings.notify_timeout_seconds),
+            max_attempts=settings.notify_max_attempts,
+            max_wait_seconds=settings.notify_max_wait_seconds,
+        ),
         kube_timeout_seconds=settings.kube_timeout_seconds,
         public_url=settings.public_url,
         result_ttl_seconds=settings.result_ttl_seconds,

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend: str | None = None
     queue: str = "rollout-analyzer"
+    # Traffic actions, chat and Argo events wait here, never in front of an analysis.
+    # Default: "<queue>-followups".
+    followup_queue: str | None = None
     key_prefix: str = "ra:"
     # Demo mode: no Redis, no worker processes; fakeredis and a thread pool in the server.
     in_process: bool = False
@@ -38,6 +41,9 @@ class Settings(BaseSettings):
     prometheus_password: SecretStr | None = None
     prometheus_ca_file: str | None = None
     prometheus_insecure: bool = False
+    # Client certificate (mutual TLS): a PEM file, and its key when not in the same file.
+    prometheus_cert_file: str | None = None
+    prometheus_key_file: str | None = None
     prometheus_query_timeout_seconds: float = Field(5.0, gt=0, le=120)
     prometheus_max_concurrent_queries: int | None = None  # shared by all workers; 0/None: no cap
     # A recording file instead of Prometheus (demo, offline replays).
@@ -68,6 +74,10 @@ class Settings(BaseSettings):
     # Workers beat this often; /readyz wants a beat within three periods.
     heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     notify_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    # A chat delivery is tried this often; between tries it waits in the queue (Celery's retry
+    # countdown: the service's Retry-After, else exponential backoff), capped at max_wait.
+    notify_max_attempts: int = Field(4, ge=1, le=20)
+    notify_max_wait_seconds: float = Field(60.0, gt=0, le=240)
     log_level: str = "INFO"
 
     # Acting on verdicts: Kubernetes access for Istio traffic, and chat targets.
@@ -99,6 +109,11 @@ class Settings(BaseSettings):
         return self.broker_url or self.redis_url
 
     @property
+    def followups(self) -> str:
+        """The queue of the follow-up tasks (act, notify, Argo events, dead-letter retries)."""
+        return self.followup_queue or f"{self.queue}-followups"
+
+    @property
     def backend(self) -> str:
         # Results are ignored (our store keeps them); never point Celery at a cluster.
         return self.result_backend or (self.broker if self.redis_cluster else self.redis_url)
@@ -116,20 +131,22 @@ class Settings(BaseSettings):
             raise RuntimeError(
                 f"set {ENV_PREFIX}PROMETHEUS_URL (or {ENV_PREFIX}RECORDING for a recording file)"
             )
-        return PrometheusSource(
-            PrometheusConfig(
-                url=self.prometheus_url,
-                token=self.prometheus_token.get_secret_value() if self.prometheus_token else None,
-                username=self.prometheus_username,
-                password=(
-                    self.prometheus_password.get_secret_value()
-                    if self.prometheus_password
-                    else None
-                ),
-                ca_file=self.prometheus_ca_file,
-                insecure=self.prometheus_insecure,
-                query_timeout_seconds=self.prometheus_query_timeout_seconds,
-            )
+        return PrometheusSource(self.prometheus_config(self.prometheus_url))
+
+    def prometheus_config(self, url: str) -> PrometheusConfig:
+        """How to reach Prometheus at `url`: worker, CLI and doctor all ask here."""
+        return PrometheusConfig(
+            url=url,
+            token=self.prometheus_token.get_secret_value() if self.prometheus_token else None,
+            username=self.prometheus_username,
+            password=(
+                self.prometheus_password.get_secret_value() if self.prometheus_password else None
+            ),
+            ca_file=self.prometheus_ca_file,
+            insecure=self.prometheus_insecure,
+            cert_file=self.prometheus_cert_file,
+            key_file=self.prometheus_key_file,
+            query_timeout_seconds=self.prometheus_query_timeout_seconds,
         )
 
 

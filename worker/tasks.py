@@ -1,6 +1,8 @@
 """Celery tasks. Each carries only ids; the state waits in Redis.
 
 analyze(analysis_id) → on a new verdict event: act(event_id) → notify(event_id, target) each.
+The follow-ups (act, notify, argo_event, redeliver) run on their own queue (worker/queues.py);
+a chat delivery that must wait is re-scheduled by Celery's retry, never slept in a task.
 """
 
 from __future__ import annotations
@@ -8,17 +10,25 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from celery import current_app, shared_task
+from celery import Task, current_app, shared_task
 
 from analysis.policy import PolicySet
 from analysis.sources import MetricsSource
 from worker.celery_app import worker_name, worker_store
+from worker.chat import RetryLater
 from worker.followup import Followup, build_followup
 from worker.jobs import execute
 from worker.query_cap import CappedSource, QueryCap, cap_key
+from worker.queues import queue_for
 from worker.sequences import SequenceStore
 from worker.settings import get_settings
-from worker.task_names import ACT_TASK, ANALYZE_TASK, ARGO_EVENT_TASK, NOTIFY_TASK
+from worker.task_names import (
+    ACT_TASK,
+    ANALYZE_TASK,
+    ARGO_EVENT_TASK,
+    NOTIFY_TASK,
+    REDELIVER_TASK,
+)
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +55,7 @@ def followup() -> Followup:
     settings = get_settings()
 
     def enqueue(task: str, args: list[Any]) -> None:
-        current_app.send_task(task, args=args, queue=settings.queue)
+        current_app.send_task(task, args=args, queue=queue_for(settings, task))
 
     return build_followup(settings, worker_store().redis, enqueue)
 
@@ -78,16 +88,27 @@ def act(event_id: str) -> int:
     return len(followup().act(event_id))
 
 
-# Deliveries retry with backoff (Retry-After included): give them more time than an analysis.
-@shared_task(
-    name=NOTIFY_TASK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    soft_time_limit=100,
-    time_limit=120,
-)
-def notify(event_id: str, target: str) -> str:
-    return followup().notify(event_id, target)
+# One attempt per run: a transient failure re-schedules the task (Celery's countdown), so a
+# chat service that is down or rate-limiting holds no worker slot. Our ChatSender counts the
+# attempts (the step key in Redis), hence max_retries=None here.
+@shared_task(bind=True, name=NOTIFY_TASK, acks_late=True, reject_on_worker_lost=True)
+def notify(self: Task, event_id: str, target: str, attempt: int = 1) -> str:
+    try:
+        return followup().notify(event_id, target, attempt)
+    except RetryLater as later:
+        args = [event_id, target, later.attempt]
+        raise self.retry(args=args, countdown=later.countdown, max_retries=None) from None
+
+
+@shared_task(bind=True, name=REDELIVER_TASK, acks_late=True, reject_on_worker_lost=True)
+def redeliver(self: Task, entry_id: str, attempt: int = 1) -> str:
+    chat = followup().chat
+    assert chat is not None
+    try:
+        return chat.retry_dead_letter(entry_id, attempt)
+    except RetryLater as later:
+        args = [entry_id, later.attempt]
+        raise self.retry(args=args, countdown=later.countdown, max_retries=None) from None
 
 
 @shared_task(name=ARGO_EVENT_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -26,8 +28,41 @@ class PrometheusConfig:
     password: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    cert_file: str | None = None  # client certificate (PEM), for mutual TLS
+    key_file: str | None = None  # its key, when not in cert_file
     query_timeout_seconds: float = 5.0
     max_attempts: int = 3
+
+    @property
+    def verify(self) -> bool | str:
+        """requests' `verify`: no check when insecure, else our CA bundle or the system's."""
+        if self.insecure:
+            return False
+        return self.ca_file or True
+
+    @property
+    def cert(self) -> str | tuple[str, str] | None:
+        if not self.cert_file:
+            return None
+        return (self.cert_file, self.key_file) if self.key_file else self.cert_file
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same TLS settings for clients that take an SSLContext (httpx, the doctor)."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+class PrometheusHTTPError(Exception):
+    """A non-200 answer, with its status code (raised from the session's response hook)."""
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status_code}: {body[:300].decode('utf-8', 'replace')}")
+        self.status_code = status_code
 
 
 class _Retryable(Exception):
@@ -38,14 +73,29 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, _Retryable)
 
 
+def _raise_for_status(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    # Runs inside requests before prometheus-api-client sees the answer, so the status code
+    # reaches us as a number instead of inside its exception's text.
+    if response.status_code != 200:
+        raise PrometheusHTTPError(response.status_code, response.content)
+
+
+def _server_timeout(seconds: float) -> str:
+    """Prometheus' `timeout` parameter (float seconds): it stops evaluating when we stop
+    waiting."""
+    return f"{max(seconds, 0.001):.3f}"
+
+
 class PrometheusSource:
     name = "prometheus"
 
     def __init__(self, config: PrometheusConfig) -> None:
         self.config = config
         session = requests.Session()
-        if config.ca_file:
-            session.verify = config.ca_file
+        # prometheus-api-client ignores `disable_ssl` when given a session: TLS is set here.
+        session.verify = config.verify
+        session.cert = config.cert
+        session.hooks["response"].append(_raise_for_status)
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else None
         auth = (config.username, config.password or "") if config.username else None
         # Our own retries (tenacity, deadline-bound) replace urllib3's, which know no deadline.
@@ -74,11 +124,16 @@ class PrometheusSource:
         def attempt() -> Any:
             try:
                 return fn(timeout())
-            except PrometheusApiClientException as exc:
-                text = str(exc)
-                if "Status Code 5" in text or "Status Code 429" in text:
-                    raise _Retryable(text[:300]) from exc
-                raise SourceError(f"{what} was rejected by Prometheus: {text[:300]}") from exc
+            except PrometheusHTTPError as exc:
+                # 5xx: Prometheus or a proxy is struggling; 429: slow down. Both pass.
+                if exc.status_code >= 500 or exc.status_code == 429:
+                    raise _Retryable(str(exc)) from exc
+                raise SourceError(f"{what} was rejected by Prometheus: {exc}") from exc
+            except PrometheusApiClientException as exc:  # pragma: no cover - the hook raises first
+                raise SourceError(f"{what} failed: {str(exc)[:300]}") from exc
+            except requests.exceptions.SSLError as exc:
+                # A certificate problem does not heal by retrying.
+                raise SourceError(f"{what}: TLS error talking to Prometheus: {exc}") from exc
             except requests.RequestException as exc:
                 raise _Retryable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
@@ -107,7 +162,9 @@ class PrometheusSource:
         series = self._call(
             "the analysis query",
             deadline,
-            lambda t: self._client.custom_query(query.expr, params={"time": end}, timeout=t),
+            lambda t: self._client.custom_query(
+                query.expr, params={"time": end, "timeout": _server_timeout(t)}, timeout=t
+            ),
         )
         canary, baseline = parse_vector(query, series)
         return Observation(end, span, canary, baseline, (query.expr,), 1, self.name)
@@ -123,23 +180,20 @@ class PrometheusSource:
         """Every `step` from `start` to `end`, each over `seconds` (default: the spec's window)."""
         span = spec.window_seconds if seconds is None else seconds
         query = build_query(spec, span)
-        params = {"query": query.expr, "start": start, "end": end, "step": step}
+        range_timeout = max(self.config.query_timeout_seconds, 30.0)
 
         def fetch(timeout: float) -> Any:
-            # custom_query_range insists on datetimes; the raw endpoint takes unix seconds.
-            response = self._client._session.get(
-                f"{self._client.url}/api/v1/query_range",
-                params=params,
-                headers=self._client.headers,
-                auth=self._client.auth,
-                verify=self._client._session.verify,
-                timeout=max(timeout, 30.0),
+            # The library rounds datetimes to whole seconds; our params (exact unix seconds)
+            # take precedence over the ones it builds.
+            exact = {"start": start, "end": end, "timeout": _server_timeout(range_timeout)}
+            return self._client.custom_query_range(
+                query.expr,
+                start_time=datetime.fromtimestamp(start, UTC),
+                end_time=datetime.fromtimestamp(end, UTC),
+                step=str(step),
+                params=exact,
+                timeout=range_timeout,
             )
-            if response.status_code != 200:
-                raise PrometheusApiClientException(
-                    f"HTTP Status Code {response.status_code} ({response.content[:300]!r})"
-                )
-            return response.json()["data"]["result"]
 
         matrix = self._call("the replay range query", None, fetch)
         by_time: dict[float, list[tuple[dict[str, str], float]]] = {}

@@ -24,7 +24,7 @@ from tests.support.procs import free_port
 from tests.support.reference_data import crd_path
 
 DEMO_RECORDING = Path(analysis.__file__).parent / "data" / "demo-recording.json"
-COMMANDS = ["analyze", "replay", "record", "template", "doctor", "policies"]
+COMMANDS = ["analyze", "replay", "record", "template", "doctor", "policies", "dead-letters"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -123,6 +123,39 @@ def test_a_slow_loris_body_is_cut_off(hostile):
     assert time.monotonic() - began < 5
 
 
+def refused_by_code(stack) -> dict[str, float]:
+    """The webhook's own request counter, summed per status code."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{stack.url}/metrics").text.splitlines():
+        if line.startswith("rollout_analyzer_http_requests_total{"):
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            counts[code] = counts.get(code, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_bodies_refused_by_the_limits_are_logged_and_counted_like_the_rest(hostile):
+    stack, _, _ = hostile
+    before = refused_by_code(stack)
+    with stack.client() as client:
+        too_big = client.post("/v1/analyze", content=b'{"service": "' + b"x" * 70_000 + b'"}')
+    assert too_big.status_code == 413
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"PUT /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 50\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"{")
+        assert sock.recv(4096).decode().startswith("HTTP/1.1 408")
+    after = refused_by_code(stack)
+    assert after.get("413", 0) - before.get("413", 0) == 1
+    assert after.get("408", 0) - before.get("408", 0) == 1
+    lines = [json.loads(line) for line in stack.webhook.logs().splitlines() if line.startswith("{")]
+    refused = [line for line in lines if line.get("status") in (408, 413)]
+    assert {(line["method"], line["status"]) for line in refused} >= {("POST", 413), ("PUT", 408)}
+    assert all(line["rejected"].startswith("body: ") for line in refused)
+
+
 def test_every_v1_route_refuses_missing_wrong_and_almost_right_tokens(hostile):
     stack, _, _ = hostile
     routes = [
@@ -131,6 +164,9 @@ def test_every_v1_route_refuses_missing_wrong_and_almost_right_tokens(hostile):
         ("GET", "/v1/analyze?" + "&".join(f"{k}={v}" for k, v in GOOD.items()), None),
         ("GET", "/v1/analyses/" + "0" * 32, None),
         ("GET", "/v1/dead-letters", None),
+        ("POST", "/v1/dead-letters/retry", None),
+        ("POST", "/v1/dead-letters/" + "0" * 32 + "/retry", None),
+        ("DELETE", "/v1/dead-letters/" + "0" * 32, None),
         ("POST", "/v1/events/argo-rollouts", {"event": "rollout-aborted", "rollout": "a",
                                               "namespace": "b"}),
     ]  # fmt: skip

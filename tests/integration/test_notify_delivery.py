@@ -2,13 +2,15 @@
 
 The receivers (tests/support/chat_receivers.py) validate payloads and signatures the way the
 services document them and answer like the services do; scripted answers reproduce outages.
-Backoff sleeps are recorded instead of slept, except where noted.
+One call is one attempt: a transient failure comes back as `RetryLater` (the Celery task turns
+it into a countdown), so nothing here sleeps; tests drive the next attempt themselves.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
@@ -19,32 +21,19 @@ import redis
 
 from tests.support.chat_receivers import Answer, ChatReceivers
 from tests.support.procs import RedisServer, free_port
-from worker.notify import (
-    ChatTarget,
-    DeadLetters,
-    DeliveryResult,
-    Notification,
-    RateLimiter,
-    deliver,
-    notify,
-)
+from worker.chat import ChatSender, RetryLater
+from worker.notify import ChatTarget, DeadLetters, DeliveryResult, Notification, RateLimiter
+from worker.notify.delivery import send_once
 
 pytestmark = pytest.mark.integration
 
 DINGTALK_SECRET = "SECdingtalk-test-0f9e"
 FEISHU_SECRET = "feishu-test-secret-77"
 GENERIC_SECRET = "generic-hmac-secret-31"
-KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "generic")
+KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "discord", "generic")
 
 
-class SleepRecorder:
-    """Stands in for time.sleep: remembers the backoff waits deliver() asked for."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
+NOW = 1_767_225_600.0
 
 
 @pytest.fixture
@@ -99,99 +88,47 @@ def verdict(**overrides: object) -> Notification:
     return Notification.model_validate(fields)
 
 
-# --- delivery ------------------------------------------------------------------------------------
+# --- one attempt --------------------------------------------------------------------------------
+
+
+def once(client: httpx.Client, target: ChatTarget, now: float | None = None):
+    return send_once(client, target, verdict(), time.time() if now is None else now, attempt=1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_delivered_on_the_first_try(
     receivers: ChatReceivers, client: httpx.Client, kind: str
 ) -> None:
-    result = deliver(client, chat_target(receivers, kind), verdict(), sleep=SleepRecorder())
-    assert result == DeliveryResult(f"{kind}-ops", "delivered", 1, 202 if kind == "teams" else 200)
+    result = once(client, chat_target(receivers, kind))
+    status = {"teams": 202, "discord": 204}.get(kind, 200)
+    assert result == DeliveryResult(f"{kind}-ops", "delivered", 1, status)
     (message,) = receivers.accepted(kind)
     assert "payments" in message.raw.decode()
     assert receivers.rejected(kind) == []
 
 
-def test_two_server_errors_then_success_delivers_once(
+def test_retry_after_is_read_from_a_429(receivers: ChatReceivers, client: httpx.Client) -> None:
+    receivers.script("teams", Answer.rate_limited(retry_after="7"))
+    result = once(client, chat_target(receivers, "teams"))
+    assert (result.status, result.http_status, result.retry_after) == ("retry", 429, 7.0)
+
+
+def test_discord_says_how_long_to_wait_in_its_429_body(
     receivers: ChatReceivers, client: httpx.Client
 ) -> None:
-    receivers.script("slack", Answer.status_only(500), Answer.status_only(503))
-    sleep = SleepRecorder()
-    result = deliver(client, chat_target(receivers, "slack"), verdict(), sleep=sleep)
-    assert (result.status, result.attempts, result.http_status) == ("delivered", 3, 200)
-    assert receivers.hits("slack") == 3
-    assert len(receivers.accepted("slack")) == 1
-    assert len(sleep.waits) == 2 and all(wait > 0 for wait in sleep.waits)
-
-
-def test_retry_after_is_honoured(receivers: ChatReceivers, client: httpx.Client) -> None:
-    receivers.script("teams", Answer.rate_limited(retry_after="1"))
-    sleep = SleepRecorder()
-    result = deliver(client, chat_target(receivers, "teams"), verdict(), sleep=sleep)
-    assert (result.status, result.attempts) == ("delivered", 2)
-    assert sleep.waits == [1.0]
-
-
-def test_retry_after_is_really_waited_with_the_default_sleep(
-    receivers: ChatReceivers, client: httpx.Client
-) -> None:
-    receivers.script("wecom", Answer.rate_limited(retry_after="1"))
-    result = deliver(client, chat_target(receivers, "wecom"), verdict())
-    assert (result.status, result.attempts) == ("delivered", 2)
-    first, second = receivers.hits("wecom"), len(receivers.accepted("wecom"))
-    assert (first, second) == (2, 1)
-
-
-def test_a_long_retry_after_is_capped(receivers: ChatReceivers, client: httpx.Client) -> None:
-    receivers.script("slack", Answer.rate_limited(retry_after="3600"))
-    sleep = SleepRecorder()
-    result = deliver(
-        client, chat_target(receivers, "slack"), verdict(), max_wait_seconds=5, sleep=sleep
-    )
-    assert result.status == "delivered"
-    assert sleep.waits == [5.0]
-
-
-def test_server_errors_forever_fail_and_land_in_dead_letters(
-    receivers: ChatReceivers, client: httpx.Client, redis_client: redis.Redis
-) -> None:
-    receivers.always("feishu", Answer.status_only(500, "internal error"))
-    target = chat_target(receivers, "feishu")
-    result = deliver(client, target, verdict(), sleep=SleepRecorder())
-    assert (result.status, result.attempts, result.http_status) == ("failed", 4, 500)
-    assert result.reason == "HTTP 500: internal error"
-    assert receivers.hits("feishu") == 4
-
-    dead_letters = DeadLetters(redis_client)
-    entry_id = dead_letters.push(result, verdict())
-    assert dead_letters.count() == 1
-    (entry,) = dead_letters.list(10)
-    assert entry["id"] == entry_id
-    assert entry["target"] == "feishu-ops"
-    assert entry["result"]["reason"] == "HTTP 500: internal error"
-    assert entry["notification"]["service"] == "payments"
-    raw_entries = redis_client.lrange("rollout-analyzer:dead-letters", 0, -1)
-    stored = "".join(r.decode() if isinstance(r, bytes) else r for r in raw_entries)
-    for leaked in (FEISHU_SECRET, receivers.url("feishu")):
-        assert leaked not in stored
-
-    # The service recovers: retry_all delivers the letter and removes it.
-    receivers.always("feishu", None)
-    targets = {target.name: target}
-    results = dead_letters.retry_all(
-        lambda name, n: deliver(client, targets[name], n, sleep=SleepRecorder())
-    )
-    assert [r.status for r in results] == ["delivered"]
-    assert dead_letters.count() == 0
-    assert len(receivers.accepted("feishu")) == 1
+    limited = {"message": "You are being rate limited.", "retry_after": 0.75, "global": False}
+    receivers.script("discord", Answer.json(limited, status=429))
+    result = once(client, chat_target(receivers, "discord"))
+    assert (result.status, result.http_status, result.retry_after) == ("retry", 429, 0.75)
+    receivers.script("discord", Answer.json({"code": 10015, "message": "Unknown Webhook"}, 404))
+    unknown = once(client, chat_target(receivers, "discord"))
+    assert (unknown.status, unknown.reason) == ("failed", "discord error 10015: Unknown Webhook")
 
 
 def test_wrong_dingtalk_secret_is_rejected_and_not_retried(
     receivers: ChatReceivers, client: httpx.Client
 ) -> None:
-    target = chat_target(receivers, "dingtalk", secret="SECwrong-secret")
-    result = deliver(client, target, verdict(), sleep=SleepRecorder())
+    result = once(client, chat_target(receivers, "dingtalk", secret="SECwrong-secret"))
     assert (result.status, result.attempts, result.http_status) == ("failed", 1, 200)
     assert result.reason.startswith("dingtalk error 310000: sign not match")
     assert "SECwrong-secret" not in result.reason
@@ -200,26 +137,13 @@ def test_wrong_dingtalk_secret_is_rejected_and_not_retried(
 
 
 def test_feishu_rejects_a_timestamp_more_than_an_hour_off(client: httpx.Client) -> None:
-    with ChatReceivers(feishu_secret=FEISHU_SECRET, clock=lambda: 1_767_225_600.0) as rx:
+    with ChatReceivers(feishu_secret=FEISHU_SECRET, clock=lambda: NOW) as rx:
         target = chat_target(rx, "feishu")
-        late = deliver(client, target, verdict(), clock=lambda: 1_767_225_600.0 + 3601)
-        on_time = deliver(client, target, verdict(), clock=lambda: 1_767_225_600.0 + 3500)
-    assert (late.status, late.attempts) == ("failed", 1)
+        late = once(client, target, now=NOW + 3601)
+        on_time = once(client, target, now=NOW + 3500)
+    assert late.status == "failed"
     assert late.reason.startswith("feishu error 19021")
     assert on_time.status == "delivered"
-
-
-def test_each_retry_is_signed_afresh(client: httpx.Client) -> None:
-    ticks = itertools.count(1)
-    clock = lambda: 1000.0 * next(ticks)  # noqa: E731 - every reading is a later time
-    with ChatReceivers(dingtalk_secret=DINGTALK_SECRET, clock=lambda: 3000.0) as rx:
-        rx.script("dingtalk", Answer.status_only(502))
-        target = chat_target(rx, "dingtalk")
-        result = deliver(client, target, verdict(), clock=clock, sleep=SleepRecorder())
-        (accepted,) = rx.accepted("dingtalk")
-    assert result.status == "delivered"
-    signed_at = int(parse_qs(accepted.query)["timestamp"][0])
-    assert signed_at > 1_000_000  # not the first attempt's timestamp (1000 s, in ms)
 
 
 @pytest.mark.parametrize(
@@ -234,8 +158,10 @@ def test_service_rate_limit_codes_in_a_200_answer_are_retried(
     receivers: ChatReceivers, client: httpx.Client, kind: str, rate_limited: dict[str, object]
 ) -> None:
     receivers.script(kind, Answer.json(rate_limited))
-    result = deliver(client, chat_target(receivers, kind), verdict(), sleep=SleepRecorder())
-    assert (result.status, result.attempts) == ("delivered", 2)
+    first = once(client, chat_target(receivers, kind))
+    assert (first.status, first.http_status) == ("retry", 200)
+    assert first.reason.endswith("(rate limited)")
+    assert once(client, chat_target(receivers, kind)).status == "delivered"
     assert len(receivers.accepted(kind)) == 1
 
 
@@ -243,7 +169,7 @@ def test_other_service_error_codes_fail_at_once(
     receivers: ChatReceivers, client: httpx.Client
 ) -> None:
     receivers.script("wecom", Answer.json({"errcode": 93000, "errmsg": "invalid webhook url"}))
-    result = deliver(client, chat_target(receivers, "wecom"), verdict(), sleep=SleepRecorder())
+    result = once(client, chat_target(receivers, "wecom"))
     assert (result.status, result.attempts) == ("failed", 1)
     assert result.reason == "wecom error 93000: invalid webhook url"
 
@@ -252,31 +178,26 @@ def test_slack_client_errors_fail_at_once_with_slacks_reason(
     receivers: ChatReceivers, client: httpx.Client
 ) -> None:
     receivers.script("slack", Answer.status_only(404, "no_service"))
-    result = deliver(client, chat_target(receivers, "slack"), verdict(), sleep=SleepRecorder())
+    result = once(client, chat_target(receivers, "slack"))
     assert (result.status, result.attempts, result.http_status) == ("failed", 1, 404)
     assert result.reason == "HTTP 404: no_service"
 
 
-def test_slow_receiver_beyond_the_timeout_is_retried_then_fails(receivers: ChatReceivers) -> None:
+def test_a_slow_receiver_beyond_the_timeout_is_a_retry(receivers: ChatReceivers) -> None:
     receivers.always("slack", Answer.slow(3.0))
-    sleep = SleepRecorder()
     with httpx.Client(timeout=0.3) as impatient:
-        result = deliver(
-            impatient, chat_target(receivers, "slack"), verdict(), max_attempts=3, sleep=sleep
-        )
-    assert (result.status, result.attempts, result.http_status) == ("failed", 3, None)
-    assert result.reason == "timeout: ReadTimeout"
-    assert receivers.hits("slack") == 3
-    assert len(sleep.waits) == 2
+        result = once(impatient, chat_target(receivers, "slack"))
+    assert (result.status, result.http_status, result.reason) == (
+        "retry", None, "timeout: ReadTimeout",
+    )  # fmt: skip
 
 
-def test_unreachable_target_is_retried_and_the_url_stays_out_of_the_reason(
+def test_unreachable_target_is_a_retry_and_the_url_stays_out_of_the_reason(
     client: httpx.Client,
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook/secret-path-token"
-    target = ChatTarget(name="gone", kind="slack", url=url)
-    result = deliver(client, target, verdict(), max_attempts=2, sleep=SleepRecorder())
-    assert (result.status, result.attempts) == ("failed", 2)
+    result = once(client, ChatTarget(name="gone", kind="slack", url=url))
+    assert result.status == "retry"
     assert result.reason.startswith("network error: ConnectError")
     assert "secret-path-token" not in result.reason
 
@@ -286,9 +207,136 @@ def test_missing_url_configuration_fails_without_a_request(
 ) -> None:
     monkeypatch.delenv("NOTIFY_TEST_UNSET_URL", raising=False)
     target = ChatTarget(name="unset", kind="teams", url_env="NOTIFY_TEST_UNSET_URL")
-    result = deliver(client, target, verdict())
+    result = once(client, target)
     assert (result.status, result.attempts) == ("failed", 0)
     assert "NOTIFY_TEST_UNSET_URL" in result.reason
+
+
+# --- attempts scheduled, not slept (worker/chat.py) ----------------------------------------------
+
+
+def sender(redis_client: redis.Redis, targets: list[ChatTarget], **options: object) -> ChatSender:
+    return ChatSender(
+        redis_client, "t:", {t.name: t for t in targets}, httpx.Client(timeout=5), **options
+    )
+
+
+def until_settled(chat: ChatSender, step: str, target: str, note: Notification) -> tuple:
+    """Run attempts as the Celery task would; (outcome, countdowns asked for)."""
+    attempt, countdowns = 1, []
+    while True:
+        try:
+            return chat.send(step, target, note, attempt, rate_key="prod/payments"), countdowns
+        except RetryLater as later:
+            countdowns.append(later.countdown)
+            attempt = later.attempt
+
+
+def test_two_server_errors_then_success_delivers_once(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.script("slack", Answer.status_only(500), Answer.status_only(503))
+    chat = sender(redis_client, [chat_target(receivers, "slack")])
+    outcome, countdowns = until_settled(chat, "t:step:1", "slack-ops", verdict())
+    assert outcome == "delivered"
+    assert receivers.hits("slack") == 3 and len(receivers.accepted("slack")) == 1
+    assert len(countdowns) == 2 and 0 < countdowns[0] < countdowns[1] <= 60
+    assert json.loads(redis_client.get("t:step:1"))["attempts"] == 3
+
+
+def test_retry_after_is_the_countdown_and_is_capped(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.script("teams", Answer.rate_limited("2"), Answer.rate_limited("3600"))
+    chat = sender(redis_client, [chat_target(receivers, "teams")], max_wait_seconds=30)
+    outcome, countdowns = until_settled(chat, "t:step:2", "teams-ops", verdict())
+    assert (outcome, countdowns) == ("delivered", [2.0, 30.0])
+
+
+def test_a_scheduled_attempt_is_taken_once(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.script("slack", Answer.status_only(500))
+    chat = sender(redis_client, [chat_target(receivers, "slack")])
+    with pytest.raises(RetryLater) as later:
+        chat.send("t:step:3", "slack-ops", verdict(), 1)
+    # A redelivered copy of the first attempt finds the step scheduled: it sends nothing.
+    assert chat.send("t:step:3", "slack-ops", verdict(), 1) == "duplicate"
+    assert chat.send("t:step:3", "slack-ops", verdict(), later.value.attempt) == "delivered"
+    assert chat.send("t:step:3", "slack-ops", verdict(), later.value.attempt) == "duplicate"
+    assert receivers.hits("slack") == 2 and len(receivers.accepted("slack")) == 1
+
+
+def test_server_errors_forever_fail_and_land_in_dead_letters(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.always("feishu", Answer.status_only(500, "internal error"))
+    chat = sender(redis_client, [chat_target(receivers, "feishu")], max_attempts=4)
+    outcome, countdowns = until_settled(chat, "t:step:4", "feishu-ops", verdict())
+    assert (outcome, len(countdowns), receivers.hits("feishu")) == ("failed", 3, 4)
+    (entry,) = chat.dead_letters.list(10)
+    assert entry["target"] == "feishu-ops"
+    assert (entry["result"]["reason"], entry["result"]["attempts"]) == (
+        "HTTP 500: internal error",
+        4,
+    )
+    assert entry["notification"]["service"] == "payments"
+    raw_entries = redis_client.lrange("t:dead-letters", 0, -1)
+    stored = "".join(r.decode() if isinstance(r, bytes) else r for r in raw_entries)
+    for leaked in (FEISHU_SECRET, receivers.url("feishu")):
+        assert leaked not in stored
+
+    # The service recovers: the letter, taken out and sent by the same path, is delivered.
+    receivers.always("feishu", None)
+    assert chat.retry_dead_letter(entry["id"]) == "delivered"
+    assert chat.dead_letters.count() == 0
+    assert chat.retry_dead_letter(entry["id"]) == "gone"  # a second retry task sends nothing
+    assert len(receivers.accepted("feishu")) == 1
+
+
+def test_a_redelivery_that_fails_again_goes_back_with_a_retry_counted(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.always("wecom", Answer.json({"errcode": 93000, "errmsg": "invalid webhook url"}))
+    chat = sender(redis_client, [chat_target(receivers, "wecom")])
+    assert until_settled(chat, "t:step:5", "wecom-ops", verdict())[0] == "failed"
+    (failed,) = chat.dead_letters.list()
+    taken = chat.dead_letters.take(failed["id"])
+    assert taken == failed and chat.dead_letters.count() == 0
+    # The worker died mid-retry: the redelivered task finds the letter where it was left.
+    assert chat.retry_dead_letter(failed["id"]) == "failed"
+    (entry,) = chat.dead_letters.list()
+    assert (entry["id"], entry["retries"]) == (failed["id"], 1)
+    assert entry["result"]["reason"] == "wecom error 93000: invalid webhook url"
+
+
+def test_each_attempt_is_signed_afresh(redis_client: redis.Redis) -> None:
+    ticks = itertools.count(1)
+    clock = lambda: 1000.0 * next(ticks)  # noqa: E731 - every reading is a later time
+    with ChatReceivers(dingtalk_secret=DINGTALK_SECRET, clock=lambda: 3000.0) as rx:
+        rx.script("dingtalk", Answer.status_only(502))
+        chat = sender(redis_client, [chat_target(rx, "dingtalk")], clock=clock)
+        outcome, _ = until_settled(chat, "t:step:6", "dingtalk-ops", verdict())
+        (accepted,) = rx.accepted("dingtalk")
+    assert outcome == "delivered"
+    signed_at = int(parse_qs(accepted.query)["timestamp"][0])
+    assert signed_at > 1_000_000  # not the first attempt's timestamp (1000 s, in ms)
+
+
+def test_severity_filter_and_rate_limit_but_a_failure_always_gets_through(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    slack = chat_target(receivers, "slack", rate_limit_per_minute=1)
+    teams = chat_target(receivers, "teams", min_severity="error")
+    chat = sender(redis_client, [slack, teams])
+    inconclusive = verdict(verdict="inconclusive")
+    assert chat.send("t:a:slack", "slack-ops", inconclusive, rate_key="r") == "delivered"
+    assert chat.send("t:a:teams", "teams-ops", inconclusive, rate_key="r") == "suppressed"
+    assert chat.send("t:b:slack", "slack-ops", inconclusive, rate_key="r") == "rate_limited"
+    # Over the limit, but a `fail` is what the rate limit must never hide.
+    assert chat.send("t:c:slack", "slack-ops", verdict(), rate_key="r") == "delivered"
+    assert len(receivers.accepted("slack")) == 2
+    assert receivers.hits("teams") == 0
 
 
 # --- Redis-backed helpers ------------------------------------------------------------------------
@@ -307,35 +355,6 @@ def test_rate_limiter_allows_per_minute_per_key(redis_client: redis.Redis) -> No
     assert 0 < redis_client.ttl(counter) <= 120
 
 
-def test_notify_filters_by_severity_rate_limits_and_dead_letters(
-    receivers: ChatReceivers, client: httpx.Client, redis_client: redis.Redis
-) -> None:
-    receivers.always("wecom", Answer.status_only(500))
-    targets = [
-        chat_target(receivers, "slack", rate_limit_per_minute=1),
-        chat_target(receivers, "teams", min_severity="error"),
-        chat_target(receivers, "wecom"),
-    ]
-    dead_letters = DeadLetters(redis_client)
-    limiter = RateLimiter(redis_client)
-    sleep = SleepRecorder()
-
-    first = notify(
-        client, targets, verdict(verdict="inconclusive"),
-        rate_limiter=limiter, dead_letters=dead_letters, max_attempts=2, sleep=sleep,
-    )  # fmt: skip
-    assert [(r.target, r.status) for r in first] == [
-        ("slack-ops", "delivered"),
-        ("teams-ops", "suppressed"),  # inconclusive is "warn", below the target's "error"
-        ("wecom-ops", "failed"),
-    ]
-    second = notify(client, targets[:1], verdict(), rate_limiter=limiter, sleep=sleep)
-    assert [(r.status, r.reason) for r in second] == [("suppressed", "rate limited")]
-    assert len(receivers.accepted("slack")) == 1
-    assert receivers.hits("teams") == 0
-    assert [entry["target"] for entry in dead_letters.list()] == ["wecom-ops"]
-
-
 def test_dead_letters_are_capped_listed_newest_first_and_droppable(
     redis_client: redis.Redis,
 ) -> None:
@@ -350,24 +369,3 @@ def test_dead_letters_are_capped_listed_newest_first_and_droppable(
     assert dead_letters.drop(ids[0]) is False  # trimmed away already
     assert dead_letters.drop(ids[3]) is True
     assert [entry["target"] for entry in dead_letters.list()] == ["t4", "t2"]
-
-
-def test_retry_all_keeps_what_still_fails_and_counts_retries(redis_client: redis.Redis) -> None:
-    dead_letters = DeadLetters(redis_client)
-    dead_letters.push(DeliveryResult("ok-now", "failed", 4, 500, "HTTP 500"), verdict())
-    dead_letters.push(DeliveryResult("still-down", "failed", 4, 500, "HTTP 500"), verdict())
-
-    def redeliver(name: str, notification: Notification) -> DeliveryResult:
-        if name == "ok-now":
-            return DeliveryResult(name, "delivered", 1, 200)
-        return DeliveryResult(name, "failed", 4, 503, "HTTP 503: maintenance")
-
-    results = dead_letters.retry_all(redeliver)
-    assert [(r.target, r.status) for r in results] == [
-        ("ok-now", "delivered"),
-        ("still-down", "failed"),
-    ]
-    (entry,) = dead_letters.list()
-    assert (entry["target"], entry["retries"]) == ("still-down", 1)
-    assert entry["result"]["reason"] == "HTTP 503: maintenance"
-    assert json.loads(json.dumps(entry))["notification"]["analysis_id"] == "an-42"

@@ -427,6 +427,16 @@ def tracing_overhead() -> str | None:
     return lines[-1] if lines else ""
 
 
+def chat_outage() -> dict[str, Any] | str:
+    """Every chat target answering 429 during a burst (tests/perf/chat_outage.py)."""
+    from tests.perf import chat_outage as module
+
+    try:
+        return module.main()
+    except Exception as exc:  # a broken extra row must not lose the rest of the table
+        return f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -588,6 +598,18 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         "<= 4 GB",
         m["extrapolated_bytes"] <= 4e9,
     )
+    chat = r.get("chat_outage")
+    if isinstance(chat, dict):
+        add(
+            f"11. chat 429 during a burst of {chat['burst']}: p99 (vs healthy chat)",
+            ms(chat["outage_p99"]),
+            ms(chat["healthy_p99"]),
+            chat["ratio"],
+            "<= 1.2x, 0 errors",
+            chat["ratio"] <= 1.2 and chat["outage_errors"] == 0,
+        )
+    elif chat is not None:
+        add("11. chat 429 during a burst", str(chat), "", None, "<= 1.2x, 0 errors", False)
     if r.get("tracing_overhead") is not None:
         add(
             "tracing overhead (tests/perf/tracing_overhead.py)",
@@ -648,6 +670,7 @@ def main() -> int:
         print("memory: 5,000 analyses on a stack of their own…", flush=True)
         results["memory"] = measure_memory(stack.prometheus.url, stack.work, body_for)
     results["tracing_overhead"] = tracing_overhead()
+    results["chat_outage"] = chat_outage()
     table = rows(results)
     head = ("figure", "ours", "baseline", "ratio", "target", "met")
     results["table"] = [dict(zip(head, row, strict=True)) for row in table]

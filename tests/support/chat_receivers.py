@@ -1,7 +1,7 @@
 """Local stand-ins for the chat services' webhook endpoints, for tests.
 
 `ChatReceivers` runs one threaded HTTP server on 127.0.0.1 (free port) with a path per
-service: /slack, /teams, /dingtalk, /wecom, /feishu, /generic. Each path checks what that
+service: /slack, /teams, /dingtalk, /wecom, /feishu, /discord, /generic. Each path checks what that
 service checks (payload shape and limits; DingTalk and Feishu signatures and timestamp
 freshness, ±1 h) and answers the way the real service answers on failure, e.g. DingTalk
 `{"errcode":310000,...}` with HTTP 200, Feishu `{"code":19021,...}`, Slack 400 `invalid_payload`.
@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-PATHS = ("slack", "teams", "dingtalk", "wecom", "feishu", "generic")
+PATHS = ("slack", "teams", "dingtalk", "wecom", "feishu", "discord", "generic")
 
 # Documented limits.
 SLACK_MAX_BLOCKS = 50
@@ -49,6 +49,17 @@ SLACK_URL_MAX = 3000
 WECOM_MARKDOWN_MAX_BYTES = 4096
 DINGTALK_MAX_BYTES = 20000
 FEISHU_CARD_MAX_BYTES = 30 * 1024
+# Discord: https://discord.com/developers/docs/resources/webhook#execute-webhook and the embed
+# limits of https://discord.com/developers/docs/resources/message#embed-object-embed-limits
+DISCORD_CONTENT_MAX = 2000
+DISCORD_MAX_EMBEDS = 10
+DISCORD_TITLE_MAX = 256
+DISCORD_DESCRIPTION_MAX = 4096
+DISCORD_MAX_FIELDS = 25
+DISCORD_FIELD_NAME_MAX = 256
+DISCORD_FIELD_VALUE_MAX = 1024
+DISCORD_FOOTER_MAX = 2048
+DISCORD_EMBEDS_TOTAL_MAX = 6000
 SIGNATURE_FRESHNESS_SECONDS = 3600
 
 ADAPTIVE_CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
@@ -367,6 +378,63 @@ def validate_feishu(body: Any) -> list[str]:
     return problems
 
 
+def _discord_embed(embed: Any, where: str) -> tuple[list[str], int]:
+    """Problems of one embed, and the characters it counts towards the 6000 total."""
+    if not isinstance(embed, dict):
+        return [f"{where} must be an object"], 0
+    problems: list[str] = []
+    total = 0
+    for key, limit in (("title", DISCORD_TITLE_MAX), ("description", DISCORD_DESCRIPTION_MAX)):
+        value = embed.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            problems.append(f"{where}.{key} must be a string of at most {limit}")
+        total += len(value) if isinstance(value, str) else 0
+    color = embed.get("color")
+    if color is not None and not (isinstance(color, int) and 0 <= color <= 0xFFFFFF):
+        problems.append(f"{where}.color must be an integer 0..0xFFFFFF")
+    fields = embed.get("fields") or []
+    if not isinstance(fields, list) or len(fields) > DISCORD_MAX_FIELDS:
+        problems.append(f"{where}.fields: at most {DISCORD_MAX_FIELDS}")
+        fields = []
+    for i, item in enumerate(fields):
+        name, value = (item or {}).get("name"), (item or {}).get("value")
+        if not isinstance(name, str) or not 0 < len(name) <= DISCORD_FIELD_NAME_MAX:
+            problems.append(f"{where}.fields[{i}].name: 1..{DISCORD_FIELD_NAME_MAX} characters")
+        if not isinstance(value, str) or not 0 < len(value) <= DISCORD_FIELD_VALUE_MAX:
+            problems.append(f"{where}.fields[{i}].value: 1..{DISCORD_FIELD_VALUE_MAX} characters")
+        total += sum(len(x) for x in (name, value) if isinstance(x, str))
+    footer = (embed.get("footer") or {}).get("text", "")
+    if not isinstance(footer, str) or len(footer) > DISCORD_FOOTER_MAX:
+        problems.append(f"{where}.footer.text: at most {DISCORD_FOOTER_MAX} characters")
+    total += len(footer) if isinstance(footer, str) else 0
+    return problems, total
+
+
+def validate_discord(body: Any) -> list[str]:
+    """A Discord webhook message: `content` and/or `embeds`, within Discord's limits."""
+    if not isinstance(body, dict):
+        return ["payload must be a JSON object"]
+    content, embeds = body.get("content"), body.get("embeds")
+    if not content and not embeds:
+        return ["Cannot send an empty message"]
+    problems: list[str] = []
+    if content is not None and (not isinstance(content, str) or len(content) > DISCORD_CONTENT_MAX):
+        problems.append(f"content: at most {DISCORD_CONTENT_MAX} characters")
+    if embeds is not None and (not isinstance(embeds, list) or len(embeds) > DISCORD_MAX_EMBEDS):
+        return [*problems, f"embeds: a list of at most {DISCORD_MAX_EMBEDS}"]
+    total = 0
+    for i, embed in enumerate(embeds or []):
+        found, chars = _discord_embed(embed, f"embeds[{i}]")
+        problems += found
+        total += chars
+    if total > DISCORD_EMBEDS_TOTAL_MAX:
+        problems.append(f"embeds: {total} characters in all, at most {DISCORD_EMBEDS_TOTAL_MAX}")
+    parse = (body.get("allowed_mentions") or {}).get("parse", [])
+    if not isinstance(parse, list) or not set(parse) <= {"roles", "users", "everyone"}:
+        problems.append("allowed_mentions.parse: a list of roles, users, everyone")
+    return problems
+
+
 _GENERIC_STRINGS = ("analysis_id", "service", "namespace", "rollout", "verdict", "event", "time")
 
 
@@ -397,6 +465,7 @@ VALIDATORS: dict[str, Callable[[Any], list[str]]] = {
     "dingtalk": validate_dingtalk,
     "wecom": validate_wecom,
     "feishu": validate_feishu,
+    "discord": validate_discord,
     "generic": validate_generic,
 }
 
@@ -622,6 +691,7 @@ class ChatReceivers:
                 "dingtalk": (200, {"errcode": 40035, "errmsg": f"invalid parameter: {reason}"}),
                 "wecom": (200, {"errcode": 40058, "errmsg": reason}),
                 "feishu": (400, {"code": 9499, "msg": f"Bad Request: {reason}"}),
+                "discord": (400, {"code": 50035, "message": f"Invalid Form Body: {reason}"}),
             }.get(path, (400, {"error": reason}))
         self._record(received, accepted=True)
         return {
@@ -630,6 +700,7 @@ class ChatReceivers:
             "dingtalk": (200, {"errcode": 0, "errmsg": "ok"}),
             "wecom": (200, {"errcode": 0, "errmsg": "ok"}),
             "feishu": (200, {"code": 0, "msg": "success", "data": {}}),
+            "discord": (204, ""),
         }.get(path, (200, {"ok": True}))
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

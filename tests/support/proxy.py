@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 import urllib.error
@@ -21,7 +22,9 @@ class Faults:
 
 
 class FaultyProxy:
-    def __init__(self, upstream: str) -> None:
+    """`tls`: serve HTTPS with this server context (a TLS endpoint in front of the upstream)."""
+
+    def __init__(self, upstream: str, tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults = Faults()
         self.requests: list[str] = []
@@ -78,11 +81,17 @@ class FaultyProxy:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            # A refused handshake fails accept() with an SSLError (an OSError): the server
+            # drops that connection and goes on.
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> FaultyProxy:
         self._thread.start()

@@ -95,13 +95,16 @@ class Worker(EnvProcess):
         pool: str = "threads",
         concurrency: int = 2,
         name: str = "worker",
+        queues: str = "all",
     ) -> None:
         super().__init__(name, env, work_dir)
         self.pool = pool
         self.concurrency = concurrency
+        self.queues = queues
 
     def start(self, timeout: float = 30.0) -> Worker:
         argv = [*ENTRY, "worker", f"--pool={self.pool}", f"--concurrency={self.concurrency}"]
+        argv.append(f"--queues={self.queues}")
         self._spawn_env([*argv, f"--hostname={self.name}-{free_port()}@%h"])
 
         def ready() -> bool:

@@ -36,10 +36,11 @@ from worker.notify import (
     severity_allows,
 )
 from worker.notify.delivery import parse_retry_after
-from worker.notify.providers import redact_url, truncate_utf8
+from worker.notify.fit import truncate_utf8
+from worker.notify.providers import redact_url
 
 NOW = 1_767_225_600.25  # 2026-01-01T00:00:00.25Z
-KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "generic")
+KINDS = ("slack", "teams", "dingtalk", "wecom", "feishu", "discord", "generic")
 SECRET = "SECtest-secret-5f1c"
 URL_TOKEN = "tok-a9b8c7d6e5"
 
@@ -431,3 +432,20 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Thu, 01 Jan 2026 00:00:30 GMT", 1_767_225_600.0) == 30.0
     assert parse_retry_after("soon", NOW) is None
     assert parse_retry_after(None, NOW) is None
+
+
+def test_discord_pings_nobody_and_colours_by_severity() -> None:
+    body = build_request(target("discord"), make_notification(service="@everyone"), NOW).json_body
+    assert body["allowed_mentions"] == {"parse": []}
+    (embed,) = body["embeds"]
+    assert embed["color"] == 0xE01E5A  # fail: error red
+    assert embed["title"] == "Canary FAIL: shop/checkout-rollout"
+    passed = build_request(target("discord"), make_notification(verdict="pass"), NOW).json_body
+    assert passed["embeds"][0]["color"] == 0x2EB67D
+
+
+def test_an_unknown_chat_service_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValidationError) as refused:
+        target("matrix")
+    assert "unknown chat service 'matrix'" in str(refused.value)
+    assert "discord" in str(refused.value) and "slack" in str(refused.value)

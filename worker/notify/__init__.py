@@ -1,7 +1,8 @@
-"""Chat notifications about verdicts and rollout events (Slack, Teams, DingTalk, WeCom, Feishu)."""
+"""Chat notifications about verdicts and rollout events, one notifier per chat service
+(worker/notify/notifiers/) and one delivery path (delivery.send_once, driven by worker/chat.py)."""
 
 from worker.notify.dead_letter import DeadLetters, RateLimiter
-from worker.notify.delivery import DeliveryResult, deliver, notify, severity_allows
+from worker.notify.delivery import DeliveryResult, send_once, severity_allows
 from worker.notify.message import Notification, render_markdown, render_plain
 from worker.notify.providers import ChatTarget, PreparedRequest, TargetConfigError, build_request
 
@@ -14,9 +15,8 @@ __all__ = [
     "RateLimiter",
     "TargetConfigError",
     "build_request",
-    "deliver",
-    "notify",
     "render_markdown",
     "render_plain",
+    "send_once",
     "severity_allows",
 ]

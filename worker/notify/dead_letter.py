@@ -23,7 +23,22 @@ RATE_LIMIT_PREFIX = "rollout-analyzer:notify-rate"
 # Aliases: inside DeadLetters the name `list` is the method, not the builtin.
 RawEntries = list[str]
 Entries = list[dict[str, Any]]
-Results = list[DeliveryResult]
+
+
+# Entries are compact JSON that starts with their id: `{"id":"<32 hex>",...`.
+_TAKE = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then return held end
+local prefix = '{"id":"' .. ARGV[1] .. '"'
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(raw, 1, #prefix) == prefix then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('HSET', KEYS[2], ARGV[1], raw)
+    return raw
+  end
+end
+return false
+"""
 
 
 class DeadLetters:
@@ -34,7 +49,9 @@ class DeadLetters:
     ) -> None:
         self._redis = redis_client
         self._key = key
+        self._retrying = f"{key}:retrying"
         self._max_len = max_len
+        self._take = redis_client.register_script(_TAKE)
 
     def push(self, result: DeliveryResult, notification: Notification) -> str:
         """Store one failed delivery; returns its id. The oldest entries beyond max_len go."""
@@ -46,10 +63,7 @@ class DeadLetters:
             "result": result.to_dict(),
             "notification": notification.model_dump(mode="json"),
         }
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
-        pipe.ltrim(self._key, 0, self._max_len - 1)
-        pipe.execute()
+        self._store(entry)
         return cast(str, entry["id"])
 
     def _raw(self, limit: int | None) -> RawEntries:
@@ -74,25 +88,34 @@ class DeadLetters:
                 return int(self._redis.lrem(self._key, 1, raw)) == 1
         return False
 
-    def retry_all(self, deliver_fn: Callable[[str, Notification], DeliveryResult]) -> Results:
-        """Redeliver every entry, oldest first, with `deliver_fn(target_name, notification)`.
+    def take(self, entry_id: str) -> dict[str, Any] | None:
+        """Move one entry from the list to the retrying set and return it; None when it is in
+        neither (retried or dropped already).
 
-        Delivered entries are removed; failed ones stay, with the new reason and a retry count.
+        Atomic, and repeatable: a retry task redelivered after its worker died finds the entry
+        where the first run left it, so a letter is never lost between list and delivery.
         """
-        results: Results = []
-        for raw in reversed(self._raw(None)):
-            entry = json.loads(raw)
-            result = deliver_fn(entry["target"], Notification.model_validate(entry["notification"]))
-            results.append(result)
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.lrem(self._key, 1, raw)
-            if result.status != "delivered":
-                entry["retries"] = int(entry.get("retries", 0)) + 1
-                entry["result"] = result.to_dict()
-                pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
-                pipe.ltrim(self._key, 0, self._max_len - 1)
-            pipe.execute()
-        return results
+        raw = self._take(keys=[self._key, self._retrying], args=[entry_id])
+        return json.loads(raw) if raw else None
+
+    def release(self, entry_id: str) -> None:
+        """The retried entry was delivered: forget it."""
+        self._redis.hdel(self._retrying, entry_id)
+
+    def restore(self, entry: dict[str, Any], result: DeliveryResult) -> None:
+        """Put back an entry whose retry failed (or could not be started), one retry counted."""
+        entry = {**entry, "retries": int(entry.get("retries", 0)) + 1, "result": result.to_dict()}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._retrying, entry["id"])
+        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+        pipe.ltrim(self._key, 0, self._max_len - 1)
+        pipe.execute()
+
+    def _store(self, entry: dict[str, Any]) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+        pipe.ltrim(self._key, 0, self._max_len - 1)
+        pipe.execute()
 
 
 # INCR and EXPIRE in one step: a crash between the two would leave a counter that never expires.
