@@ -34,8 +34,10 @@ from analysis.request import (
     request_from_query,
     resolve,
 )
+from webhooks.errors import error
 from webhooks.limits import BodyLimit
 from webhooks.metrics import WebhookMetrics
+from webhooks.one_number import one_number_router
 from webhooks.recent import Answer as RecentAnswer
 from webhooks.recent import RecentAnswers
 from webhooks.runtime import Runtime, build_runtime
@@ -56,14 +58,7 @@ from worker.task_names import ANALYZE_TASK, ARGO_EVENT_TASK
 
 log = logging.getLogger("rollout_analyzer.webhook")
 ANALYSIS_ID = re.compile(r"^[0-9a-f]{32}$")
-RETRY_AFTER_SECONDS = "5"
 STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
-
-
-def error(status: int, field: str, message: str, **extra: Any) -> JSONResponse:
-    body = {"error": f"{field}: {message}", "field": field, "message": message, **extra}
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Any:
@@ -379,6 +374,8 @@ def create_app(settings: Settings | None = None) -> Any:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(ui_router(settings, lambda: runtime().client, policies))
+    app.include_router(one_number_router(settings, policies, v1))
+
     observed = Observe(app, metrics)
     return BodyLimit(observed, settings.max_body_bytes, settings.body_timeout_seconds)
 
