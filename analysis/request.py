@@ -39,13 +39,14 @@ class TrafficOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    virtual_service: Identity | None = Field(None, description="VirtualService name (istio)")
-    http_route: Identity | None = Field(None, description="HTTPRoute name (gateway-api)")
-    namespace: Identity | None = Field(None, description="namespace of the routing object")
-    routes: list[Identity] | None = Field(
-        None, max_length=20, description="http route (istio) or rule (gateway-api) names"
-    )
+    # The descriptions are part of the published OpenAPI document: left as they were.
+    virtual_service: Identity | None = Field(None, description="VirtualService name")
+    namespace: Identity | None = Field(None, description="VirtualService namespace")
+    routes: list[Identity] | None = Field(None, max_length=20, description="http route names")
     dry_run: bool | None = Field(None, description="record the patch without sending it")
+    # Gateway API policies (actions.traffic.kind: gateway-api): namespace and routes (rule
+    # names) as above.
+    http_route: Identity | None = Field(None, description="HTTPRoute name (gateway-api policies)")
 
     def settings(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
