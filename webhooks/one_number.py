@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Request
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
@@ -22,6 +23,7 @@ from analysis.request import RequestError
 from analysis.sources import SourceError
 from webhooks.errors import error
 from webhooks.schemas import answers, inline_refs
+from worker.query_cap import CappedSource, QueryCap, cap_key
 from worker.settings import Settings
 
 
@@ -39,7 +41,7 @@ def one_number_router(settings: Settings, policies: PolicySet, auth: list[Depend
 
     def source() -> Any:
         if "source" not in sources:
-            sources["source"] = settings.source()
+            sources["source"] = capped(settings, settings.source())
         return sources["source"]
 
     body_doc = {
@@ -82,3 +84,13 @@ def one_number_router(settings: Settings, policies: PolicySet, auth: list[Depend
         return JSONResponse(spec.answer(spec.value(samples)))
 
     return router
+
+
+def capped(settings: Settings, source: Any) -> Any:
+    """The workers' shared cap on concurrent PromQL queries holds for our queries too."""
+    limit = settings.prometheus_max_concurrent_queries
+    if not limit or settings.recording or not settings.prometheus_url:
+        return source
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+    key = cap_key(settings.key_prefix, settings.prometheus_url)
+    return CappedSource(source, QueryCap(client, key, limit, settings.task_soft_time_limit))

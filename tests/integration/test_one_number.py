@@ -8,12 +8,14 @@ import time
 
 import httpx
 import pytest
+import redis
 
 from analysis.durations import format_time
 from analysis.one_number import METRICS
 from tests.integration.conftest import AUTH, TOKEN
 from tests.support.argo import Phase, load_template, run_metric
 from tests.support.scenarios import BASELINE_HASH, CANARY_HASH
+from worker.query_cap import QueryCap, cap_key
 
 POLICIES = """
 policies:
@@ -83,7 +85,11 @@ def stack(stack_factory, prometheus, tmp_path_factory):
         "one-number",
         prometheus_url=prometheus.url,
         workers=0,  # no verdict, no task: the webhook answers alone
-        settings={"ROLLOUT_ANALYZER_POLICIES_FILE": str(policies)},
+        settings={
+            "ROLLOUT_ANALYZER_POLICIES_FILE": str(policies),
+            "ROLLOUT_ANALYZER_PROMETHEUS_MAX_CONCURRENT_QUERIES": "2",
+            "ROLLOUT_ANALYZER_WAIT_SECONDS": "2",  # how long a call may wait for a query slot
+        },
     )
 
 
@@ -227,6 +233,20 @@ def test_bad_input_is_a_422_naming_the_field(stack, change, field, words):
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == field
     assert words in answer.json()["message"]
+
+
+def test_the_workers_query_cap_holds_for_these_queries_too(stack, prometheus):
+    client = redis.Redis.from_url(stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
+    cap = QueryCap(client, cap_key(stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"], prometheus.url), 2)
+    assert cap.try_acquire("worker-a") and cap.try_acquire("worker-b")  # the cap is full
+    try:
+        busy = ask(stack, "http_success_rate", {"service": "good", "rollout": CANARY_HASH})
+    finally:
+        cap.release("worker-a")
+        cap.release("worker-b")
+    assert busy.status_code == 502
+    assert (busy.json()["field"], "Prometheus is busy") == ("metrics", busy.json()["message"][:18])
+    assert ask(stack, "http_success_rate", {"service": "good"}).status_code == 200
 
 
 def test_no_token_no_json(stack):
