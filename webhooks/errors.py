@@ -1,4 +1,4 @@
-"""The one error body every route answers with: `field` names what was wrong."""
+"""The one shape of every error answer: `{"error", "field", "message"}`, naming the field."""
 
 from __future__ import annotations
 
