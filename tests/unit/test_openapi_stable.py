@@ -1,8 +1,8 @@
 """The OpenAPI document may only gain additions: every operation and schema of the recorded
-document (tests/data/openapi-baseline.json) is still served, unchanged.
+document (tests/snapshots/openapi-baseline.json) is still served, unchanged.
 
 After adding a route on purpose, re-record with
-`python -m tests.unit.test_openapi_stable > tests/data/openapi-baseline.json`."""
+`python -m tests.unit.test_openapi_stable > tests/snapshots/openapi-baseline.json`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import httpx
 from webhooks.app import create_app
 from worker.settings import Settings
 
-BASELINE = Path(__file__).resolve().parents[1] / "data" / "openapi-baseline.json"
+BASELINE = Path(__file__).resolve().parents[1] / "snapshots" / "openapi-baseline.json"
 
 
 def served_openapi() -> dict[str, Any]:
