@@ -13,14 +13,13 @@ from typing import Any
 
 import redis
 from fastapi import APIRouter, Request
-from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from analysis.one_number import OneNumberRequest, resolve_one_number
-from analysis.policy import PolicySet
 from analysis.request import RequestError
 from analysis.sources import SourceError
+from webhooks.context import WebhookContext
 from webhooks.errors import error
 from webhooks.schemas import answers, inline_refs
 from worker.query_cap import CappedSource, QueryCap, cap_key
@@ -35,8 +34,9 @@ class OneNumber(BaseModel):
     timestamp: str
 
 
-def one_number_router(settings: Settings, policies: PolicySet, auth: list[Depends]) -> APIRouter:
-    router = APIRouter()
+def router(ctx: WebhookContext) -> APIRouter:
+    routes = APIRouter()
+    settings, policies = ctx.settings, ctx.policies
     sources: dict[str, Any] = {}
 
     def source() -> Any:
@@ -53,9 +53,8 @@ def one_number_router(settings: Settings, policies: PolicySet, auth: list[Depend
         }
     }
 
-    @router.post(
+    @routes.post(
         "/metrics/analysis",
-        dependencies=auth,
         openapi_extra=body_doc,
         responses=answers(OneNumber, 400, 401, 408, 413, 422, 502, 503),
     )
@@ -83,7 +82,7 @@ def one_number_router(settings: Settings, policies: PolicySet, auth: list[Depend
         request.state.log = {"metric": spec.metric, "policy": spec.policy.name}
         return JSONResponse(spec.answer(spec.value(samples)))
 
-    return router
+    return routes
 
 
 def capped(settings: Settings, source: Any) -> Any:
