@@ -543,3 +543,23 @@ on_pass: {step: 10, max_weight: 50}
         target(canary=STABLE)
     with pytest.raises(ValueError, match="does not match any of the expected tags"):
         TypeAdapter(TrafficPolicy).validate_python({"kind": "linkerd"})
+
+
+def test_a_redone_step_aims_at_the_pinned_share(
+    emulator: K8sEmulator, api: client.ApiClient
+) -> None:
+    """The worker pins a step's goals per event; a redo after a crash must not step again."""
+    stored_goals: dict[str, int] = {}
+
+    def pin(goals: dict[str, int]) -> dict[str, int]:
+        for key, value in goals.items():
+            stored_goals.setdefault(key, value)
+        return dict(stored_goals)
+
+    first = step_up(api, target(), step=25, max_weight=80, pin=pin)
+    redo = step_up(api, target(), step=25, max_weight=80, pin=pin)
+
+    assert stored_goals == {"primary": 35}  # percent of the rule's 1000
+    assert first.to_weights == {"primary": {"canary": 350, "stable": 650}}
+    assert redo.status == "unchanged"
+    assert weights(stored(emulator), "primary") == {"canary": 350, "stable": 650}
