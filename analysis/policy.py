@@ -84,6 +84,19 @@ PRESETS: dict[str, MetricConventions] = {
         service_label="service",
         namespace_label="namespace",
     ),
+    # OpenTelemetry HTTP server semantic conventions as Prometheus stores them: no request
+    # counter, the count is the duration histogram's `_count`; a request that got no status code
+    # (the label is absent, `error_type` says why) is an error. Service by `service_name` (or,
+    # overridden, `job`), the canary told apart by a resource attribute (`service_version`).
+    "otel": MetricConventions(
+        requests_metric="http_server_request_duration_seconds_count",
+        status_label="http_response_status_code",
+        error_regex="5..|",
+        latency_bucket_metric="http_server_request_duration_seconds_bucket",
+        selector_label="service_version",
+        service_label="service_name",
+        namespace_label="k8s_namespace_name",
+    ),
     "istio": MetricConventions(
         requests_metric="istio_requests_total",
         status_label="response_code",
@@ -152,7 +165,7 @@ DEFAULT_CHECKS: dict[str, CheckPolicy] = {
 
 class Policy(Strict):
     name: str = "default"
-    preset: Literal["http", "istio"] = "http"
+    preset: Literal["http", "istio", "otel"] = "http"
     # Per-policy overrides of the preset's conventions, merged over it.
     metrics: dict[str, Any] = Field(default_factory=dict)
     window: str = "5m"

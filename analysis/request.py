@@ -39,10 +39,14 @@ class TrafficOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The descriptions are part of the published OpenAPI document: left as they were.
     virtual_service: Identity | None = Field(None, description="VirtualService name")
     namespace: Identity | None = Field(None, description="VirtualService namespace")
     routes: list[Identity] | None = Field(None, max_length=20, description="http route names")
     dry_run: bool | None = Field(None, description="record the patch without sending it")
+    # Gateway API policies (actions.traffic.kind: gateway-api): namespace and routes (rule
+    # names) as above.
+    http_route: Identity | None = Field(None, description="HTTPRoute name (gateway-api policies)")
 
     def settings(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -207,6 +211,8 @@ def resolve(
     traffic = request.traffic.settings() if request.traffic else None
     if traffic and not _allows_traffic_override(policy):
         raise RequestError("traffic", f"policy {policy.name!r} does not allow per-request traffic")
+    if traffic:
+        _check_router_object(traffic, policy)
     window_text = request.window or policy.window
     try:
         window = parse_duration(window_text)
@@ -252,6 +258,21 @@ def is_live(end: float | None, arrived: float) -> bool:
 def _allows_traffic_override(policy: Policy) -> bool:
     traffic = policy.actions.get("traffic")
     return isinstance(traffic, dict) and traffic.get("allow_request_override") is True
+
+
+# The object a request may name, per router kind of the policy's `actions.traffic.kind`.
+_ROUTER_OBJECT = {"istio": "virtual_service", "gateway-api": "http_route"}
+
+
+def _check_router_object(traffic: dict[str, Any], policy: Policy) -> None:
+    kind = str(policy.actions["traffic"].get("kind", "istio"))
+    for other_kind, field in _ROUTER_OBJECT.items():
+        if field in traffic and other_kind != kind:
+            wanted = _ROUTER_OBJECT.get(kind, "the routing object")
+            raise RequestError(
+                f"traffic.{field}",
+                f"policy {policy.name!r} routes with {kind}: name its {wanted} instead",
+            )
 
 
 _OVERRIDE_PREFIX = re.compile(r"^overrides\.(.+)$")

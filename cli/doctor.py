@@ -227,29 +227,51 @@ def check_kubernetes(ctx: Context) -> Iterator[Check]:
     if not traffic:
         yield Check("info", "kubernetes", "no traffic actions configured")
         return
+    router = ROUTERS.get(str(traffic.get("kind", "istio")))
+    if router is None:
+        fix = f"actions.traffic.kind is one of {', '.join(ROUTERS)}"
+        yield Check("FAIL", "kubernetes", f"unknown router kind {traffic.get('kind')!r}", fix)
+        return
     values = {"service": ctx.service or "{service}", "namespace": ctx.namespace or "{namespace}"}
+    values["rollout"] = values["service"]
     try:
-        name = str(traffic["virtual_service"]).format(**values)
+        name = str(traffic[router.field]).format(**values)
         namespace = str(traffic.get("namespace") or ctx.namespace or "").format(**values)
     except (KeyError, IndexError, ValueError) as exc:
-        fix = "actions.traffic needs virtual_service and namespace ({service} may be used)"
+        fix = f"actions.traffic needs {router.field} and namespace ({{service}} may be used)"
         yield Check("FAIL", "kubernetes", f"actions.traffic is incomplete: {exc}", fix)
         return
     if "{" in name + namespace or not namespace:
         fix = "pass --service and --namespace"
-        detail = f"VirtualService {namespace}/{name} has placeholders"
+        detail = f"{router.kind} {namespace}/{name} has placeholders"
         yield Check("warn", "kubernetes", detail, fix)
         return
-    yield from _check_virtual_service(ctx, traffic, namespace, name)
+    yield from _check_routing_object(ctx, router, traffic, namespace, name)
 
 
-def _check_virtual_service(
-    ctx: Context, traffic: dict[str, Any], namespace: str, name: str
+@dataclass(frozen=True)
+class _Router:
+    field: str  # what actions.traffic names the object by
+    group: str
+    plural: str
+    kind: str
+
+
+ROUTERS = {
+    "istio": _Router("virtual_service", "networking.istio.io", "virtualservices", "VirtualService"),
+    "gateway-api": _Router("http_route", "gateway.networking.k8s.io", "httproutes", "HTTPRoute"),
+}
+
+
+def _check_routing_object(
+    ctx: Context, router: _Router, traffic: dict[str, Any], namespace: str, name: str
 ) -> Iterator[Check]:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from worker.traffic.istio import ISTIO_GROUP, PLURAL, api_client_from_settings
+    from worker.traffic.kube import api_client_from_settings
+
+    group, plural = router.group, router.plural
 
     s = ctx.settings
     try:
@@ -258,18 +280,18 @@ def _check_virtual_service(
         fix = "set ROLLOUT_ANALYZER_KUBECONFIG / _KUBE_CONTEXT, or _KUBE_IN_CLUSTER=true in a pod"
         yield Check("FAIL", "kubernetes", f"no usable Kubernetes config: {exc}", fix)
         return
-    version = str(traffic.get("api_version") or f"{ISTIO_GROUP}/v1").partition("/")[2]
-    ref = f"VirtualService {namespace}/{name}"
+    version = str(traffic.get("api_version") or f"{group}/v1").partition("/")[2]
+    ref = f"{router.kind} {namespace}/{name}"
     with api:
         try:
             client.CustomObjectsApi(api).get_namespaced_custom_object(
-                ISTIO_GROUP, version, namespace, PLURAL, name, _request_timeout=ctx.timeout
+                group, version, namespace, plural, name, _request_timeout=ctx.timeout
             )
             yield Check("ok", "kubernetes", f"{ref} can be read")
         except ApiException as exc:
             fix = {
-                404: "create it, or fix actions.traffic.virtual_service/namespace",
-                403: "grant get/patch on virtualservices.networking.istio.io (deploy/rbac)",
+                404: f"create it, or fix actions.traffic.{router.field}/namespace",
+                403: f"grant get/patch on {plural}.{group} (deploy/rbac)",
                 401: "the credentials are not accepted: refresh the kubeconfig / token",
             }.get(exc.status or 0, "check the API server")
             yield Check("FAIL", "kubernetes", f"{ref}: get answered {exc.status} {exc.reason}", fix)
@@ -280,8 +302,8 @@ def _check_virtual_service(
         review = client.V1SelfSubjectAccessReview(
             spec=client.V1SelfSubjectAccessReviewSpec(
                 resource_attributes=client.V1ResourceAttributes(
-                    group=ISTIO_GROUP,
-                    resource=PLURAL,
+                    group=group,
+                    resource=plural,
                     verb="patch",
                     namespace=namespace,
                     name=name,
@@ -298,7 +320,7 @@ def _check_virtual_service(
                 if isinstance(exc, ApiException)
                 else f"{type(exc).__name__}: {exc}"
             )
-            resource = f"{PLURAL}.{ISTIO_GROUP}/{name}"
+            resource = f"{plural}.{group}/{name}"
             fix = f"check by hand: kubectl auth can-i patch {resource} -n {namespace}"
             yield Check("warn", "kubernetes", f"cannot ask whether patch is allowed: {detail}", fix)
             return
@@ -306,7 +328,7 @@ def _check_virtual_service(
             yield Check("ok", "kubernetes", f"{ref} may be patched")
         else:
             reason = (answer.status.reason if answer.status else "") or "denied"
-            fix = "bind a Role with patch on virtualservices.networking.istio.io (deploy/rbac)"
+            fix = f"bind a Role with patch on {plural}.{group} (deploy/rbac)"
             yield Check("FAIL", "kubernetes", f"{ref} may not be patched: {reason}", fix)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
@@ -18,10 +17,10 @@ from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from webhooks.context import WebhookContext
 from webhooks.errors import error
 from webhooks.runtime import Runtime
 from webhooks.schemas import DeadLetterList, answers
-from worker.settings import Settings
 from worker.task_names import REDELIVER_TASK
 
 ENTRY_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -41,9 +40,12 @@ def _id_param() -> Any:
     return FastAPIPath(description="a dead letter's id (32 hex)", pattern=ENTRY_ID.pattern)
 
 
-def router(settings: Settings, runtime: Callable[[], Runtime]) -> APIRouter:
+def router(ctx: WebhookContext) -> APIRouter:
     routes = APIRouter()
-    key = f"{settings.key_prefix}dead-letters"
+    key = ctx.key("dead-letters")
+
+    def runtime() -> Runtime:
+        return ctx.runtime
 
     async def entries() -> list[tuple[Any, dict[str, Any]]]:
         raw = await runtime().client.lrange(key, 0, -1)

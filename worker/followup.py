@@ -17,13 +17,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import redis
 import redis.cluster
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from analysis.durations import format_time
 from analysis.policy import PolicySet
@@ -36,9 +36,9 @@ from worker.notify.providers import ChatTarget
 from worker.report_links import report_url, timeline_path
 from worker.retention import Keeper
 from worker.task_names import ACT_TASK, NOTIFY_TASK
-from worker.traffic.istio import Destination, TrafficTarget, api_client_from_settings
-from worker.traffic.istio import rollback as istio_rollback
-from worker.traffic.istio import step_up as istio_step_up
+from worker.traffic.kube import api_client_from_settings
+from worker.traffic.policy import OBJECT_FIELD, TrafficPolicy
+from worker.traffic.shift import rollback, step_up
 
 log = logging.getLogger("rollout_analyzer.followup")
 
@@ -83,49 +83,6 @@ local event = ARGV[6]:gsub('__EVENT_ID__', event_id):gsub('__PREVIOUS__', last o
 redis.call('SET', ARGV[7] .. event_id, event, 'EX', ARGV[5])
 return {event_id, 'new'}
 """
-
-
-class StepUp(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    step: int = Field(ge=1, le=100)
-    max_weight: int = Field(ge=0, le=100)
-
-
-class TrafficPolicy(BaseModel):
-    """A policy's `actions.traffic`: which VirtualService routes to move, and when."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    # `{service}`, `{namespace}` and `{rollout}` are filled from the analysis.
-    virtual_service: str
-    namespace: str | None = None
-    routes: list[str] | None = None
-    canary: Destination
-    stable: Destination
-    api_version: str = "networking.istio.io/v1"
-    on_fail: Literal["rollback", "none"] = "rollback"
-    on_pass: StepUp | None = None
-    dry_run: bool = False
-    # Lets a request name the VirtualService, namespace, routes or dry_run (its `traffic`).
-    allow_request_override: bool = False
-
-    def target(self, result: dict[str, Any]) -> TrafficTarget:
-        values = {
-            "service": result.get("service") or "",
-            "namespace": result.get("namespace") or "",
-            "rollout": result.get("rollout") or result.get("service") or "",
-        }
-
-        def fill(text: str) -> str:
-            return text.format(**values)
-
-        return TrafficTarget(
-            virtual_service=fill(self.virtual_service),
-            namespace=fill(self.namespace or "{namespace}"),
-            routes=self.routes,
-            canary=Destination(host=fill(self.canary.host), subset=self.canary.subset),
-            stable=Destination(host=fill(self.stable.host), subset=self.stable.subset),
-            api_version=self.api_version,
-        )
 
 
 class NotifyPolicy(BaseModel):
@@ -350,7 +307,7 @@ class Followup:
         except Exception as exc:  # bad template or no cluster credentials: say so, do not raise
             failed = {
                 "type": f"traffic.{move}",
-                "target": traffic.virtual_service,
+                "target": traffic.object_name,
                 "status": "failed",
                 "reason": f"cannot reach Kubernetes: {str(exc)[:300]}",
                 "time": format_time(time.time()),
@@ -358,18 +315,18 @@ class Followup:
             return [failed]
         where = {
             "k8s.namespace.name": target.namespace,
-            "traffic.virtual_service": target.virtual_service,
+            f"traffic.{OBJECT_FIELD[traffic.kind]}": target.name,
             "traffic.dry_run": traffic.dry_run,
         }
         with tracing.span(f"traffic.{move}", **where):
             if move == "rollback":
-                record = istio_rollback(
+                record = rollback(
                     api, target, dry_run=traffic.dry_run, request_timeout=self.kube_timeout_seconds
                 )
             else:
                 assert traffic.on_pass is not None
                 step = traffic.on_pass
-                record = istio_step_up(
+                record = step_up(
                     api,
                     target,
                     step.step,

@@ -146,5 +146,13 @@ class CappedSource:
     def latest_time(self, spec: AnalysisSpec, now: float) -> float:
         return self.inner.latest_time(spec, now)
 
+    def samples(
+        self, expr: str, at: float, deadline: float | None = None
+    ) -> list[tuple[dict[str, str], float]]:
+        """An instant query (the webhook's one-number values) under the same cap."""
+        with self.cap.slot(deadline):
+            result: list[tuple[dict[str, str], float]] = self.inner.samples(expr, at, deadline)  # type: ignore[attr-defined]
+            return result
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -169,6 +169,17 @@ class PrometheusSource:
         canary, baseline = parse_vector(query, series)
         return Observation(end, span, canary, baseline, (query.expr,), 1, self.name)
 
+    def samples(
+        self, expr: str, at: float, deadline: float | None = None
+    ) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of an instant query's vector: one round trip."""
+        series = self._call(
+            "the query",
+            deadline,
+            lambda t: self._client.custom_query(expr, params={"time": at}, timeout=t),
+        )
+        return [(s["metric"], float(s["value"][1])) for s in series]
+
     def observe_range(
         self,
         spec: AnalysisSpec,

@@ -489,3 +489,31 @@ def test_doctor_reads_the_virtual_service_named_by_the_traffic_actions(tmp_path)
     assert "ok   kubernetes: VirtualService shop/checkout-vs can be read" in found.stdout
     assert "FAIL kubernetes: VirtualService shop/payments-vs: get answered 404" in missing.stdout
     assert " -- fix: create it" in missing.stdout
+
+
+def test_doctor_reads_the_http_route_of_a_gateway_api_policy(tmp_path):
+    from tests.support.k8s_emulator import K8sEmulator, write_kubeconfig
+
+    traffic = {"kind": "gateway-api", "http_route": "{service}-route"}
+    policies = {"gw": {"actions": {"traffic": traffic}}}
+    (tmp_path / "policies.yaml").write_text(yaml.safe_dump({"policies": policies}))
+    http_route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "checkout-route", "namespace": "shop"},
+        "spec": {"rules": [{"backendRefs": [{"name": "checkout", "port": 8080}]}]},
+    }
+    with K8sEmulator() as emulator:
+        emulator.create_object("gateway.networking.k8s.io/v1", "httproutes", "shop", http_route)
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
+        env = {
+            "ROLLOUT_ANALYZER_KUBECONFIG": str(kubeconfig),
+            "ROLLOUT_ANALYZER_POLICIES_FILE": str(tmp_path / "policies.yaml"),
+        }
+        found, missing = (
+            run_cli("doctor", "-s", service, "-n", "shop", "-p", "gw", env=env)
+            for service in ("checkout", "payments")
+        )
+    assert "ok   kubernetes: HTTPRoute shop/checkout-route can be read" in found.stdout
+    assert "FAIL kubernetes: HTTPRoute shop/payments-route: get answered 404" in missing.stdout
+    assert "actions.traffic.http_route/namespace" in missing.stdout

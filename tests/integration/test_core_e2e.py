@@ -22,6 +22,8 @@ policies:
     preset: istio
   live:
     preset: http
+  otel:
+    preset: otel
 """
 
 
@@ -50,8 +52,8 @@ def body_for(prometheus, name: str, **extra) -> dict:
         "baseline": baseline,
         "rollout": scenario.service,
     }
-    if scenario.preset == "istio":
-        body["policy"] = "istio"
+    if scenario.preset != "http":
+        body["policy"] = scenario.preset
     return body | extra
 
 
@@ -64,7 +66,7 @@ def pinned_end(offset: float = 120) -> str:
 
 SCENARIO_NAMES = [
     "good", "errors", "latency", "tail", "low-traffic", "no-canary", "no-baseline", "degrades",
-    "istio-good", "istio-errors",
+    "istio-good", "istio-errors", "otel-good", "otel-errors", "otel-no-canary",
 ]  # fmt: skip
 
 

@@ -600,15 +600,21 @@ def test_policies_config_map_loads_with_http_and_istio_presets() -> None:
 # --- RBAC, Secrets, NetworkPolicy ------------------------------------------------------------
 
 
-def test_rbac_grants_only_reading_and_patching_virtualservices_in_a_namespace() -> None:
+ROUTERS = [
+    (["networking.istio.io"], ["virtualservices"]),
+    (["gateway.networking.k8s.io"], ["httproutes"]),
+]
+
+
+def test_rbac_grants_only_reading_and_patching_routing_objects_in_a_namespace() -> None:
     roles = []
     for source, obj in all_objects():
         assert obj["kind"] not in {"ClusterRole", "ClusterRoleBinding"}, source
         if obj["kind"] == "Role":
             roles.append(obj)
+            # Exactly one rule per router: Istio VirtualServices, Gateway API HTTPRoutes.
+            assert [(r["apiGroups"], r["resources"]) for r in obj["rules"]] == ROUTERS, source
             for rule in obj["rules"]:
-                assert rule["apiGroups"] == ["networking.istio.io"], source
-                assert rule["resources"] == ["virtualservices"], source
                 assert set(rule["verbs"]) <= TRAFFIC_VERBS, source
         if obj["kind"] == "RoleBinding":
             assert obj["roleRef"]["kind"] == "Role", source
@@ -618,7 +624,7 @@ def test_rbac_grants_only_reading_and_patching_virtualservices_in_a_namespace() 
     assert roles
     rbac = render(DEPLOY / "rbac")
     role = the(rbac, "Role", "rollout-analyzer-traffic")
-    assert set(role["rules"][0]["verbs"]) == TRAFFIC_VERBS
+    assert all(set(rule["verbs"]) == TRAFFIC_VERBS for rule in role["rules"])
     binding = the(rbac, "RoleBinding", "rollout-analyzer-traffic")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]

@@ -284,6 +284,7 @@ def test_rendered_openmetrics_is_integer_monotonic_and_consistent() -> None:
         "# TYPE http_request_duration_seconds histogram",
         "# TYPE istio_requests counter",
         "# TYPE istio_request_duration_milliseconds histogram",
+        "# TYPE http_server_request_duration_seconds histogram",
     ]
     last: dict[str, tuple[float, float]] = {}  # series -> (timestamp, value)
     ladder: dict[tuple[str, float], list[float]] = {}  # (series without le, ts) -> bucket values

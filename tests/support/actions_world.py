@@ -47,6 +47,41 @@ VIRTUAL_SERVICE = {
     },
 }
 
+# The same canary behind a Gateway API HTTPRoute: weights are relative (sum 1000 here).
+HTTP_ROUTE = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "HTTPRoute",
+    "metadata": {"name": "errors", "namespace": NS},
+    "spec": {
+        "parentRefs": [{"name": "public", "namespace": "infra"}],
+        "rules": [
+            {
+                "name": "primary",
+                "backendRefs": [
+                    {"name": "errors-stable", "port": 8080, "weight": 700},
+                    {"name": "errors-canary", "port": 8080, "weight": 300},
+                ],
+                "timeouts": {"request": "10s"},
+            },
+            {
+                "name": "admin",
+                "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+                "backendRefs": [{"name": "errors-admin", "port": 8080}],
+            },
+        ],
+    },
+}
+
+GATEWAY_TRAFFIC = {
+    "kind": "gateway-api",
+    "http_route": "{rollout}",
+    "routes": ["primary"],
+    "canary": {"name": "{rollout}-canary", "port": 8080},
+    "stable": {"name": "{rollout}-stable", "port": 8080},
+    "on_pass": {"step": 10, "max_weight": 50},
+    "allow_request_override": True,
+}
+
 POLICIES = {
     "policies": {
         "default": {
@@ -73,6 +108,13 @@ class ActionsWorld:
     emulator: K8sEmulator
     receivers: ChatReceivers
     celery: Celery
+    router: str = "istio"  # or "gateway-api"
+
+    @property
+    def object_kind(self) -> tuple[str, str]:
+        if self.router == "gateway-api":
+            return "gateway.networking.k8s.io/v1", "httproutes"
+        return "networking.istio.io/v1", "virtualservices"
 
     @property
     def parts(self) -> tuple[Any, K8sEmulator, ChatReceivers, Celery]:
@@ -83,31 +125,44 @@ class ActionsWorld:
         self.emulator.stop()
 
     def reset(self, vs: dict | None = None) -> None:
-        """The VirtualService as it was, no faults, no messages."""
+        """The routing object as it was, no faults, no messages."""
         self.emulator.clear_faults()
         self.emulator.rbac = None
+        api_version, plural = self.object_kind
         with contextlib.suppress(Exception):  # absent before the first test
-            self.emulator.delete_object("networking.istio.io/v1", "virtualservices", NS, "errors")
-        self.emulator.create_object(
-            "networking.istio.io/v1", "virtualservices", NS, copy.deepcopy(vs or VIRTUAL_SERVICE)
-        )
+            self.emulator.delete_object(api_version, plural, NS, "errors")
+        original = HTTP_ROUTE if self.router == "gateway-api" else VIRTUAL_SERVICE
+        self.emulator.create_object(api_version, plural, NS, copy.deepcopy(vs or original))
         self.emulator.requests.clear()
         self.receivers.reset()
 
+    def routing_object(self) -> dict[str, Any]:
+        return self.emulator.get_object(*self.object_kind, NS, "errors")
+
     def weights(self) -> dict[str, int]:
-        vs = self.emulator.get_object("networking.istio.io/v1", "virtualservices", NS, "errors")
-        route = vs["spec"]["http"][0]["route"]
+        if self.router == "gateway-api":
+            refs = self.routing_object()["spec"]["rules"][0]["backendRefs"]
+            return {r["name"].removeprefix("errors-"): r["weight"] for r in refs}
+        route = self.routing_object()["spec"]["http"][0]["route"]
         return {r["destination"]["subset"]: r["weight"] for r in route}
 
 
 def start_actions_world(
-    stack_factory: Any, prometheus_url: str, work: Path, name: str, settings: dict | None = None
+    stack_factory: Any,
+    prometheus_url: str,
+    work: Path,
+    name: str,
+    settings: dict | None = None,
+    router: str = "istio",
 ) -> ActionsWorld:
     emulator = K8sEmulator().start()
     receivers = ChatReceivers(dingtalk_secret=DINGTALK_SECRET, feishu_secret=FEISHU_SECRET)
     receivers.__enter__()
     kubeconfig = write_kubeconfig(work / "kubeconfig", emulator.url, emulator.token)
-    (work / "policies.yaml").write_text(yaml.safe_dump(POLICIES))
+    policies = copy.deepcopy(POLICIES)
+    if router == "gateway-api":
+        policies["policies"]["default"]["actions"]["traffic"] = GATEWAY_TRAFFIC
+    (work / "policies.yaml").write_text(yaml.safe_dump(policies))
     targets = {
         "targets": [
             {"name": "team-slack", "kind": "slack", "url": receivers.url("slack"),
@@ -136,7 +191,7 @@ def start_actions_world(
         },
     )
     world = ActionsWorld(
-        stack, emulator, receivers, Celery(broker=stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
+        stack, emulator, receivers, Celery(broker=stack.env["ROLLOUT_ANALYZER_REDIS_URL"]), router
     )
     world.reset()
     return world

@@ -5,7 +5,8 @@ from `write_kubeconfig`) and keeps the API semantics our code depends on:
 
 - GET (object, list), POST, PUT, DELETE and PATCH on
   `/apis/{group}/{version}/namespaces/{ns}/{plural}[/{name}]` for every registered resource
-  (`register_crd` reads a CRD file; the Istio VirtualService CRD is registered by default);
+  (`register_crd` reads a CRD file; Istio's VirtualService and the Gateway API's HTTPRoute CRDs
+  are registered by default);
 - optimistic concurrency: a global `resourceVersion` that changes on every write that changes the
   object (a no-op write keeps it, as etcd does), 409 Conflict for a stale `resourceVersion` on
   PUT (which requires one, as for every custom resource) or inside a patch;
@@ -45,6 +46,7 @@ from tests.support.crd_schema import SchemaValidationError, UnknownFields, crd_i
 from tests.support.reference_data import SCHEMAS_DIR
 
 VIRTUAL_SERVICE_CRD = SCHEMAS_DIR / "virtualservices.networking.istio.io.crd.yaml"
+HTTP_ROUTE_CRD = SCHEMAS_DIR / "httproutes.gateway.networking.k8s.io.crd.yaml"
 DEFAULT_TOKEN = "emulator-token"
 DEFAULT_USER = "system:serviceaccount:argo-rollouts:rollout-analyzer"
 
@@ -357,7 +359,7 @@ class K8sEmulator:
         *,
         tokens: dict[str, str] | None = None,
         rbac: list[RbacRule] | None = None,
-        crds: Iterable[str | Path] = (VIRTUAL_SERVICE_CRD,),
+        crds: Iterable[str | Path] = (VIRTUAL_SERVICE_CRD, HTTP_ROUTE_CRD),
     ) -> None:
         self.tokens = dict(tokens) if tokens is not None else {DEFAULT_TOKEN: DEFAULT_USER}
         self.rbac = rbac  # None: every authenticated request is allowed
@@ -652,7 +654,8 @@ class K8sEmulator:
     def _served(
         self, resource: ResourceType, version: str, stored: dict[str, Any]
     ) -> dict[str, Any]:
-        # Every version of the Istio CRDs has the same schema: conversion is a new apiVersion.
+        # Every version of the Istio and Gateway API CRDs has the same schema: conversion is a
+        # new apiVersion.
         served = copy.deepcopy(stored)
         served["apiVersion"] = f"{resource.group}/{version}"
         served["kind"] = resource.kind

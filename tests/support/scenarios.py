@@ -114,6 +114,11 @@ class _Preset:
     extra_labels: tuple[tuple[str, str], ...]
     latency_unit_per_second: float  # 1 for seconds, 1000 for Istio's milliseconds
     selector_label: str = "rollouts_pod_template_hash"
+    # OpenTelemetry: no counter family, the histogram is split by status instead, and a status
+    # rendered without its label (a request that got no response) carries `error_type` instead.
+    histogram_by_status: bool = False
+    code_without_status: str | None = None
+    job_label: bool = False  # `job="<namespace>/<service>"`, as the Collector's exporter sets it
 
 
 PRESETS: dict[str, _Preset] = {
@@ -134,6 +139,19 @@ PRESETS: dict[str, _Preset] = {
         namespace_label="destination_workload_namespace",
         extra_labels=(("reporter", "destination"),),
         latency_unit_per_second=1000.0,
+    ),
+    "otel": _Preset(
+        requests_family="",
+        latency_family="http_server_request_duration_seconds",
+        status_label="http_response_status_code",
+        service_label="service_name",
+        namespace_label="k8s_namespace_name",
+        extra_labels=(("otel_scope_name", "io.opentelemetry.http"),),
+        latency_unit_per_second=1.0,
+        selector_label="service_version",
+        histogram_by_status=True,
+        code_without_status="503",
+        job_label=True,
     ),
 }
 
@@ -250,7 +268,19 @@ def build_scenarios(start: float, end: float) -> list[Scenario]:
             "Failed",
             description="istio metrics (ms), 1% vs 0.1% errors",
         ),
-    ]
+        Scenario(
+            "otel-good", "otel", "otel-good", NAMESPACE, canary, base, "pass", "Successful",
+            description="OpenTelemetry histogram only, same errors and latency",
+        ),
+        Scenario(
+            "otel-errors", "otel", "otel-errors", NAMESPACE, bad_errors, base, "fail", "Failed",
+            description="OpenTelemetry, 1% vs 0.1% errors (a third of them without a status code)",
+        ),
+        Scenario(
+            "otel-no-canary", "otel", "otel-no-canary", NAMESPACE, None, base,
+            "inconclusive", "Inconclusive", description="OpenTelemetry, no canary series",
+        ),
+    ]  # fmt: skip
 
 
 def _with(side: Side, **changes: Any) -> Side:
@@ -272,6 +302,9 @@ class _SideSeries:
     buckets: list[list[int]] = field(default_factory=list)  # [timestamp][bucket]
     counts: list[int] = field(default_factory=list)
     sums: list[float] = field(default_factory=list)
+    # Per status code (for histograms split by status): [timestamp][bucket], and sums.
+    code_buckets: dict[str, list[list[int]]] = field(default_factory=dict)
+    code_sums: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _timestamps(start: float, end: float) -> list[float]:
@@ -280,7 +313,7 @@ def _timestamps(start: float, end: float) -> list[float]:
 
 
 def _simulate(
-    scenario: Scenario, side_name: str, stamps: list[float], unit: float
+    scenario: Scenario, side_name: str, stamps: list[float], unit: float, by_status: bool = False
 ) -> _SideSeries | None:
     def side_at(ts: float) -> Side | None:
         return scenario.canary_at(ts) if side_name == "canary" else scenario.baseline
@@ -292,17 +325,27 @@ def _simulate(
     code_acc = dict.fromkeys(("200", "404", "500", "503"), 0.0)
     bucket_acc = [0.0] * len(BUCKETS_SECONDS)
     sum_acc = 0.0
+    code_bucket_acc = {code: [0.0] * len(BUCKETS_SECONDS) for code in code_acc}
+    code_sum_acc = dict.fromkeys(code_acc, 0.0)
     out = _SideSeries(codes={code: [] for code in code_acc})
+    if by_status:
+        out.code_buckets = {code: [] for code in code_acc}
+        out.code_sums = {code: [] for code in code_acc}
     for i, ts in enumerate(stamps):
         side = side_at(ts)
         # The first sample is the counter's starting point; traffic accrues from the next one on.
         if side is not None and i > 0:
             jitter = 1 + rng.uniform(-RATE_JITTER, RATE_JITTER)
             new = side.rps * STEP_SECONDS * jitter
+            cdf = [side.latency_cdf(le) for le in BUCKETS_SECONDS]
             for code, share in side.code_shares().items():
                 code_acc[code] += new * share
-            for b, le in enumerate(BUCKETS_SECONDS):
-                bucket_acc[b] += new * side.latency_cdf(le)
+                if by_status:
+                    for b, at_most in enumerate(cdf):
+                        code_bucket_acc[code][b] += new * share * at_most
+                    code_sum_acc[code] += new * share * side.mean_latency_s() * unit
+            for b, at_most in enumerate(cdf):
+                bucket_acc[b] += new * at_most
             sum_acc += new * side.mean_latency_s() * unit
         for code, acc in code_acc.items():
             out.codes[code].append(math.floor(acc))
@@ -313,6 +356,11 @@ def _simulate(
         out.buckets.append(buckets)
         out.counts.append(count)
         out.sums.append(sum_acc)
+        for code, buckets_acc in code_bucket_acc.items() if by_status else ():
+            code_count = out.codes[code][-1]
+            ladder = [min(math.floor(acc), code_count) for acc in buckets_acc[:-1]]
+            out.code_buckets[code].append([*ladder, code_count])
+            out.code_sums[code].append(code_sum_acc[code])
     return out
 
 
@@ -341,13 +389,21 @@ def _render_lines(scenarios: list[Scenario], start: float, end: float) -> Iterat
     for scenario in scenarios:
         preset = PRESETS[scenario.preset]
         for side_name in ("canary", "baseline"):
-            series = _simulate(scenario, side_name, stamps, preset.latency_unit_per_second)
+            series = _simulate(
+                scenario,
+                side_name,
+                stamps,
+                preset.latency_unit_per_second,
+                preset.histogram_by_status,
+            )
             if series is None:
                 continue
             selector = _selector(scenario, side_name)
+            job = (("job", f"{scenario.namespace}/{scenario.service}"),) if preset.job_label else ()
             base_labels = (
                 (preset.service_label, scenario.service),
                 (preset.namespace_label, scenario.namespace),
+                *job,
                 *preset.extra_labels,
                 (preset.selector_label, selector),
             )
@@ -355,6 +411,9 @@ def _render_lines(scenarios: list[Scenario], start: float, end: float) -> Iterat
 
     for preset_name, sides in simulated.items():
         preset = PRESETS[preset_name]
+        if preset.histogram_by_status:
+            yield from _histogram_by_status(preset, sides, ts_text)
+            continue
         yield f"# TYPE {preset.requests_family} counter\n"
         name = f"{preset.requests_family}_total"
         for base_labels, series in sides:
@@ -378,6 +437,35 @@ def _render_lines(scenarios: list[Scenario], start: float, end: float) -> Iterat
                 yield f"{family}_count{plain} {series.counts[t]} {ts}\n"
                 yield f"{family}_sum{plain} {series.sums[t]!r} {ts}\n"
     yield "# EOF\n"
+
+
+def _histogram_by_status(
+    preset: _Preset,
+    sides: list[tuple[tuple[tuple[str, str], ...], _SideSeries]],
+    ts_text: list[str],
+) -> Iterator[str]:
+    """One histogram per status code (OpenTelemetry's data points carry the status attribute):
+    its `_count` is the code's request count, its buckets the side's latency shape."""
+    family = preset.latency_family
+    yield f"# TYPE {family} histogram\n"
+    for base_labels, series in sides:
+        for code, counts in series.codes.items():
+            if code == preset.code_without_status:
+                status: tuple[tuple[str, str], ...] = (("error_type", "timeout"),)
+            else:
+                status = ((preset.status_label, code),)
+            labels = (*base_labels, *status)
+            plain = _labels(labels)
+            bucket_labels = [
+                _labels((*labels, ("le", _format_le(le, preset.latency_unit_per_second))))
+                for le in BUCKETS_SECONDS
+            ]
+            ladders, sums = series.code_buckets[code], series.code_sums[code]
+            for t, ts in enumerate(ts_text):
+                for labels_text, value in zip(bucket_labels, ladders[t], strict=True):
+                    yield f"{family}_bucket{labels_text} {value} {ts}\n"
+                yield f"{family}_count{plain} {counts[t]} {ts}\n"
+                yield f"{family}_sum{plain} {sums[t]!r} {ts}\n"
 
 
 def _selector(scenario: Scenario, side_name: str) -> str:

@@ -1,0 +1,60 @@
+"""The shipped Role (deploy/rbac) is all either router needs, and only in its namespace."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.integration import test_traffic_gateway_api as gateway
+from tests.integration import test_traffic_istio as istio
+from tests.support.k8s_emulator import K8sEmulator, RbacRule, write_kubeconfig
+from worker.traffic import api_client_from_settings, rollback
+
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac"
+
+
+def shipped_rules(namespace: str) -> list[RbacRule]:
+    """deploy/rbac's Role as the emulator's RBAC, bound in `namespace` as kustomize would."""
+    role = next(
+        d for d in yaml.safe_load_all((RBAC / "role.yaml").read_text()) if d["kind"] == "Role"
+    )
+    return [
+        RbacRule(
+            verbs=tuple(rule["verbs"]),
+            resources=tuple(rule["resources"]),
+            namespaces=(namespace,),
+            api_groups=tuple(rule["apiGroups"]),
+        )
+        for rule in role["rules"]
+    ]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[K8sEmulator, client.ApiClient]]:
+    with K8sEmulator() as emulator:
+        emulator.create_object(istio.V1, "virtualservices", "shop", copy.deepcopy(istio.REVIEWS_VS))
+        emulator.create_object(
+            gateway.V1, "httproutes", "shop", copy.deepcopy(gateway.REVIEWS_ROUTE)
+        )
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
+        api = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
+        yield emulator, api
+        api.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("router", ["istio", "gateway-api"])
+def test_the_shipped_role_lets_each_router_act_in_its_namespace(world, router) -> None:
+    emulator, api = world
+    target = istio.target() if router == "istio" else gateway.target()
+
+    emulator.rbac = shipped_rules("shop")
+    assert rollback(api, target).status == "applied"
+
+    emulator.rbac = shipped_rules("rollouts-demo")  # bound elsewhere: nothing here
+    denied = rollback(api, target)
+    assert denied.status == "failed" and (denied.reason or "").startswith("forbidden")

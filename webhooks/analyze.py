@@ -1,0 +1,216 @@
+"""POST|PUT|GET /v1/analyze: Argo's web metric provider asks for a verdict.
+
+The answer comes inside `wait_seconds` or as a 503 (Argo retries after 10 s and then finds the
+same analysis); an exact repeat of a finished latest-window request is answered from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from analysis.request import (
+    AnalysisSpec,
+    AnalyzeRequest,
+    RequestError,
+    parse_request,
+    request_from_query,
+    resolve,
+)
+from webhooks.context import STORE_ERRORS, WebhookContext
+from webhooks.errors import error
+from webhooks.recent import Answer as RecentAnswer
+from webhooks.schemas import AnalysisAnswer, answers, inline_refs
+from worker import tracing
+from worker.store import Claim
+from worker.task_names import ANALYZE_TASK
+
+log = logging.getLogger("rollout_analyzer.webhook")
+
+
+def analysis_id_header(analysis_id: str) -> dict[str, str]:
+    return {"X-Analysis-Id": analysis_id}
+
+
+def router(ctx: WebhookContext) -> APIRouter:
+    routes = APIRouter()
+    request_schema = inline_refs(AnalyzeRequest.model_json_schema())
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": request_schema}},
+        }
+    }
+    query_doc = {
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": name in request_schema["required"],
+                "schema": schema,
+            }
+            for name, schema in request_schema["properties"].items()
+            if name not in ("overrides", "traffic")  # GET: `overrides.NAME=value`; no traffic
+        ]
+    }
+    analyze_answers = answers(AnalysisAnswer, 400, 401, 408, 413, 422, 502, 503)
+
+    @routes.post("/v1/analyze", openapi_extra=body_doc, responses=analyze_answers)
+    @routes.put("/v1/analyze", openapi_extra=body_doc, responses=analyze_answers)
+    async def analyze_body(request: Request) -> Response:
+        """Analyse a canary against its baseline (JSON body; Argo's POST/PUT with jsonBody)."""
+        raw = await request.body()
+        cached = answered(ctx, request, b"B" + raw)
+        if cached is not None:
+            return cached
+        try:
+            data = json.loads(raw) if raw.strip() else None
+        except (ValueError, RecursionError):
+            return error(400, "body", "is not valid JSON")
+        return await analyze(ctx, request, data, b"B" + raw)
+
+    @routes.get("/v1/analyze", responses=analyze_answers, openapi_extra=query_doc)
+    async def analyze_query(request: Request) -> Response:
+        """The same analysis with query parameters (Argo's default GET); overrides as
+        `overrides.NAME=value`."""
+        try:
+            raw_key = b"Q" + request.scope["query_string"]
+            cached = answered(ctx, request, raw_key)
+            if cached is not None:
+                return cached
+            data = request_from_query(list(request.query_params.multi_items()))
+        except RequestError as exc:
+            return error(422, exc.field, exc.message)
+        return await analyze(ctx, request, data, raw_key)
+
+    return routes
+
+
+def answered(ctx: WebhookContext, request: Request, raw_key: bytes) -> Response | None:
+    """An exact repeat of a finished latest-window request, inside its reuse window."""
+    hit = ctx.recent.get(raw_key)
+    if hit is None:
+        return None
+    ctx.metrics.dedup_hits.inc()
+    ctx.metrics.verdicts.labels(hit.verdict).inc()
+    request.state.log = {
+        "analysis_id": hit.analysis_id,
+        "service": hit.service,
+        "rollout": hit.rollout,
+        "verdict": hit.verdict,
+        "dedup": True,
+    }
+    tracing.set_attributes(tracing.request_attributes(request.state.log))
+    return Response(
+        hit.body, media_type="application/json", headers=analysis_id_header(hit.analysis_id)
+    )
+
+
+async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: bytes) -> Response:
+    """Claim the analysis (or join the identical one), wait for it, answer what it became."""
+    arrived = time.monotonic()
+    try:
+        spec = resolve(parse_request(data), ctx.policies)
+    except RequestError as exc:
+        return error(422, exc.field, exc.message)
+    try:
+        claim = await claim_and_enqueue(ctx, spec)
+        if claim is None:
+            return error(503, "queue", "the task queue is unreachable; retry later")
+        record = claim.record
+        if record is None:
+            remaining = ctx.settings.wait_seconds - (time.monotonic() - arrived)
+            record = await ctx.waiter.wait(claim.analysis_id, max(0.0, remaining))
+    except STORE_ERRORS as exc:
+        ctx.metrics.store_errors.inc()
+        log.warning("store unavailable", extra={"error": str(exc)[:200]})
+        return error(503, "store", "the state store (Redis) is unreachable; retry later")
+    status = (record or {}).get("status")
+    result = (record or {}).get("result")
+    describe_request(request, spec, claim, result if status == "done" else None)
+    page = ctx.page_of(request, claim.analysis_id)
+    if status == "done":
+        return finished(ctx, spec, claim, {**result, "report_url": page}, raw_key)  # type: ignore[dict-item]
+    if status == "error":
+        detail = (record or {}).get("error")
+        message = detail.get("error") if isinstance(detail, dict) else str(detail)
+        return error(502, "metrics", str(message), analysis_id=claim.analysis_id, report_url=page)
+    ctx.metrics.pending.inc()
+    return error(
+        503,
+        "analysis",
+        f"not finished within {ctx.settings.wait_seconds:g} s; the next call gets its result",
+        analysis_id=claim.analysis_id,
+        state=status,
+        report_url=page,
+    )
+
+
+async def claim_and_enqueue(ctx: WebhookContext, spec: AnalysisSpec) -> Claim | None:
+    """The analysis' claim; a new one is enqueued (None: the queue could not take it)."""
+    rt, settings = ctx.runtime, ctx.settings
+    claim = await rt.store.claim(
+        spec.identity(),
+        spec.to_json(),
+        pending_seconds=settings.pending_seconds,
+        result_ttl_seconds=settings.result_ttl_seconds,
+        now=time.time(),
+    )
+    if not claim.is_new:
+        ctx.metrics.dedup_hits.inc()
+        return claim
+    try:
+        enqueued = rt.dispatcher.enqueue(ANALYZE_TASK, [claim.analysis_id])
+        await asyncio.wait_for(enqueued, settings.wait_seconds / 2)
+    except Exception as exc:
+        await rt.store.abandon(spec.identity(), claim.analysis_id, "enqueue failed")
+        ctx.metrics.store_errors.inc()
+        log.warning("enqueue failed", extra={"error": str(exc)[:200]})
+        return None
+    return claim
+
+
+def describe_request(
+    request: Request, spec: AnalysisSpec, claim: Claim, result: dict[str, Any] | None
+) -> None:
+    """The request's log line fields and trace attributes."""
+    request.state.log = {
+        "analysis_id": claim.analysis_id,
+        "service": spec.service,
+        "rollout": spec.rollout,
+        "dedup": not claim.is_new,
+    }
+    if isinstance(result, dict):
+        request.state.log.update(verdict=result.get("verdict"))
+    tracing.set_attributes(tracing.request_attributes(request.state.log))
+
+
+def finished(
+    ctx: WebhookContext, spec: AnalysisSpec, claim: Claim, result: dict[str, Any], raw_key: bytes
+) -> Response:
+    """A done analysis (its answer: the result and its page): count it, remember a
+    latest-window answer for its reuse window."""
+    verdict = result.get("verdict")
+    metrics = ctx.metrics
+    metrics.verdicts.labels(verdict).inc()
+    if claim.is_new:
+        timing = result.get("timing", {})
+        metrics.analyses.labels(verdict).inc()
+        metrics.analysis_duration.observe(
+            timing.get("duration_seconds", 0), exemplar=tracing.exemplar()
+        )
+        metrics.queue_wait.observe(timing.get("queue_wait_seconds", 0))
+    body = json.dumps(result, separators=(",", ":")).encode()
+    finished_at = (result.get("timing") or {}).get("finished_at", 0.0)
+    left = finished_at + ctx.settings.reuse_seconds - time.time()
+    if spec.end is None and left > 0:
+        expires = time.monotonic() + left
+        answer = RecentAnswer(expires, claim.analysis_id, verdict, body, spec.service, spec.rollout)
+        ctx.recent.put(raw_key, answer)
+    headers = analysis_id_header(claim.analysis_id)
+    return Response(body, media_type="application/json", headers=headers)

@@ -1,0 +1,66 @@
+"""What every route group shares: settings, policies, our metrics, and the runtime (Redis,
+dispatcher, completion waiter) that exists only while the app runs (its lifespan)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+from fastapi import Request
+
+from analysis.policy import PolicySet
+from webhooks.metrics import WebhookMetrics
+from webhooks.recent import RecentAnswers
+from webhooks.runtime import Runtime, build_runtime
+from webhooks.waiting import CompletionWaiter
+from worker.report_links import report_url
+from worker.settings import Settings
+
+# What a route answers 503 for: the state store (Redis) cannot be reached.
+STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
+@dataclass
+class WebhookContext:
+    settings: Settings
+    policies: PolicySet
+    metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+    recent: RecentAnswers = field(default_factory=RecentAnswers)
+    _running: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> WebhookContext:
+        return cls(settings, settings.policies())
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self._running["runtime"]
+        return runtime
+
+    @property
+    def waiter(self) -> CompletionWaiter:
+        waiter: CompletionWaiter = self._running["waiter"]
+        return waiter
+
+    def page_of(self, request: Request, analysis_id: str) -> str:
+        """Where a person reads this analysis (`report_url` in every answer)."""
+        return report_url(self.settings.public_url or str(request.base_url), analysis_id)
+
+    def key(self, name: str) -> str:
+        """A Redis key of ours (under the configured prefix)."""
+        return f"{self.settings.key_prefix}{name}"
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        runtime = build_runtime(self.settings)
+        waiter = CompletionWaiter(runtime.client, runtime.store)
+        await waiter.start()
+        self._running.update(runtime=runtime, waiter=waiter)
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await runtime.aclose()
