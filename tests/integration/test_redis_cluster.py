@@ -175,17 +175,20 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
     victim = redis_cluster.masters()[0]
     with ThreadPoolExecutor(BURST) as pool:
         phases = pool.map(argo, rollouts)
-        wait_for(lambda: answers() >= BURST // 6, 30, "the burst to be under way", 0.01)
+        # At the first answer: most calls are still in flight, even on a loaded machine.
+        wait_for(lambda: answers() >= 1, 30, "the burst to be under way", 0.01)
+        in_flight_at_failover = BURST - answers()  # when the fail-over begins
         promoted = redis_cluster.failover(victim)
-        in_flight_at_failover = BURST - answers()
+        in_flight_after = BURST - answers()
         final = list(phases)
 
     retried = sum(seen.count(Phase.ERROR) for seen in answered.values())
     with capsys.disabled():
         print(f"\n[failover] {in_flight_at_failover}/{BURST} calls unanswered when the fail-over "
-              f"ended; {retried} answered Error and were retried")  # fmt: skip
+              f"began, {in_flight_after} when it ended; {retried} answered Error and were "
+              f"retried")  # fmt: skip
     assert victim not in redis_cluster.masters() and promoted in redis_cluster.masters()
-    assert in_flight_at_failover > 0, "the burst was over before the fail-over ended"
+    assert in_flight_at_failover > 0, "the burst was over before the fail-over began"
     # 0 lost: every rollout got its verdict (after Argo's retries, if a call answered Error).
     assert final == [Phase.FAILED] * BURST, answered
     # ... and no analysis is left queued or running in the cluster.
