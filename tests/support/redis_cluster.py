@@ -117,7 +117,13 @@ class RedisClusterNodes:
 
         def promoted() -> bool:
             role = self.client(replica).execute_command("ROLE")
-            return bool(role[0] in (b"master", "master")) and self.healthy()
+            # Done when the whole topology agrees: the old master may still call itself one
+            # for a moment after its replica took over.
+            return (
+                bool(role[0] in (b"master", "master"))
+                and self.healthy()
+                and master_port not in self.masters()
+            )
 
         wait_for(promoted, timeout, f"replica {replica} to take over from {master_port}", 0.05)
         return replica
