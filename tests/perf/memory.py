@@ -163,3 +163,27 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "keep_every_poll_bytes": polls_per_second * Settings().result_ttl_seconds * record_bytes,
         "record_key_example": Keys(prefix).record("0" * 32),
     }
+
+
+def main() -> int:
+    """`python -m tests.perf.memory`: row 10 alone, with a Prometheus of its own."""
+    import json
+    import shutil
+    import tempfile
+
+    from tests.perf.bench import body_for
+    from tests.perf.dataset import start_prometheus
+
+    work = Path(tempfile.mkdtemp(prefix="ra-memory-"))
+    prometheus = start_prometheus(work / "prom")
+    try:
+        found = measure_memory(prometheus.url, work, body_for)
+    finally:
+        prometheus.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(found, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
