@@ -13,7 +13,7 @@ from analysis.durations import format_time
 from analysis.judge import Judgement, judge
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
-from analysis.sequential import SequentialJudgement
+from analysis.sequential import HISTORY_KEPT, SequentialJudgement
 from analysis.sources import MetricsSource
 
 
@@ -124,7 +124,7 @@ def live_report(
             "end": format_time(observation.time),
             "seconds": observation.window_seconds,
         },
-        "history": seq.history[-20:],
+        "history": seq.history[-HISTORY_KEPT:],  # a sequence stored by an older version kept 100
     }
     return report(spec, observation, result.judgement, sequence)
 

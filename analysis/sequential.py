@@ -55,7 +55,9 @@ from analysis.policy import Policy, quantile_label
 # Alternatives mixed with equal weight: canary/baseline rate ratios, and multiples of an allowance.
 RATIO_GRID = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 MULTIPLE_GRID = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
-HISTORY_KEPT = 100  # per-poll summaries kept for people; the evidence itself is O(1) per check
+# Per-poll summaries kept for people: exactly what a live report carries (analysis/report.py),
+# nothing older is read by anything. The evidence itself is O(1) per check.
+HISTORY_KEPT = 20
 
 
 @dataclass(frozen=True)

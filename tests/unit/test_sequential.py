@@ -117,6 +117,21 @@ def test_a_repeated_or_stale_poll_adds_nothing():
     assert first.sequence.polls == 1  # the first result was not changed by the later ones
 
 
+def test_a_long_sequence_keeps_only_the_poll_summaries_a_live_report_shows():
+    """A live report carries the last 20 summaries; the sequence (in Redis while the canary
+    lives) keeps no more than those, and a sequence stored with more is cut at its next poll."""
+    rng = np.random.default_rng(5)
+    side = Side(20.0, 0.0005)
+    last = run(simulated_polls(rng, side, side, 30))[-1].sequence
+    assert [h["poll"] for h in last.history] == list(range(11, 31))
+    older = Sequence.from_json({**last.to_json(), "history": last.history * 5})  # 100 kept
+    poll = Poll(last.last_end + 60, 60.0, counts(rng, side, 60), counts(rng, side, 60))
+    assert [h["poll"] for h in advance(older, poll, POLICY).sequence.history] == [
+        *range(12, 31),
+        31,
+    ]
+
+
 def test_the_sequence_survives_its_json_round_trip():
     rng = np.random.default_rng(4)
     side = Side(50.0, 0.001)
