@@ -8,12 +8,14 @@ Written by the worker as verdicts and events happen, read by the webhook's /ui p
   history:events:<key>        → sorted set of event ids by time (verdict changes, Argo events)
   history:event-of:<id>       → the verdict event an analysis started
   history:steps:<event id>    → set of the steps done for an event (traffic, notify:<target>)
-A poll's member is its whole summary, so a redelivered task writes the same member again.
+A poll's member is its whole summary, compact (see `stored_summary`), so a redelivered task
+writes the same member again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -23,7 +25,8 @@ from analysis.durations import parse_time
 from worker.keyspace import Keys
 
 HISTORY_TTL_SECONDS = 7 * 86400
-MAX_POLLS = 500  # per rollout revision
+MAX_POLLS = 120  # per rollout revision: an hour of polls every 30 s (events and steps keep 7 days)
+SIGNIFICANT_DIGITS = 6  # more than any page shows (4 digits, or a percentage with 2 decimals)
 MAX_ROLLOUTS = 500
 
 
@@ -55,6 +58,43 @@ def poll_summary(result: dict[str, Any], live: bool) -> dict[str, Any]:
     }
 
 
+def stored_summary(summary: dict[str, Any]) -> str:
+    """A poll summary as kept, per rollout revision, for 7 days: floats to 6 significant
+    digits, no null or empty field (`read_summary` puts them back)."""
+    return json.dumps(_compact(summary), sort_keys=True, separators=(",", ":"))
+
+
+def read_summary(raw: bytes | str) -> dict[str, Any]:
+    """A kept poll summary in the shape `poll_summary` makes (also one kept in full, by an
+    earlier version): the pages' templates read every field."""
+    kept: dict[str, Any] = json.loads(raw)
+    burn = kept.get("burn") or {}
+    return {
+        "analysis_id": kept.get("analysis_id") or "",
+        "time": kept.get("time") or "",
+        "verdict": kept.get("verdict") or "unknown",
+        "score": kept.get("score"),
+        "live": bool(kept.get("live")),
+        "requests": kept.get("requests") or {},
+        "success_rate": kept.get("success_rate") or {},
+        "burn": {"canary": burn.get("canary"), "baseline": burn.get("baseline")},
+        "quantile": kept.get("quantile"),
+        "latency": kept.get("latency") or {},
+    }
+
+
+def _compact(value: Any) -> Any:
+    if isinstance(value, dict):
+        kept = {k: _compact(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None and v != {} and v != [] and v != ""}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        rounded = float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+        return int(rounded) if rounded.is_integer() and abs(rounded) < 1e15 else rounded
+    return value
+
+
 class History:
     """Worker side (synchronous redis)."""
 
@@ -73,7 +113,7 @@ class History:
         at = parse_time(summary["time"])
         pipe = self.redis.pipeline(transaction=False)
         polls = f"{self.prefix}polls:{key}"
-        pipe.zadd(polls, {json.dumps(summary, sort_keys=True): at})
+        pipe.zadd(polls, {stored_summary(summary): at})
         pipe.zremrangebyrank(polls, 0, -MAX_POLLS - 1)
         pipe.expire(polls, HISTORY_TTL_SECONDS)
         self._seen(pipe, key, result, time.time())

@@ -22,13 +22,14 @@ N·(A + S + H) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from analysis.sequential import HISTORY_KEPT
+from analysis.sequential import HISTORY_KEPT, Sequence
 from tests.perf.loadgen import post_all
 from tests.support.procs import RedisServer
 from tests.support.service import Webhook, Worker, service_env
@@ -53,6 +54,18 @@ def capped_bytes(kv: redis.Redis, prefix: str) -> int:
     """Live sequences and the pages' poll history: per canary, growing to a cap."""
     keys = [*kv.scan_iter(f"{prefix}seq:*"), *kv.scan_iter(f"{prefix}history:polls:*")]
     return sum(int(kv.memory_usage(k, samples=0) or 0) for k in keys)
+
+
+def sequence_parts(kv: redis.Redis, prefix: str) -> dict[str, int]:
+    """What the largest sequence's state is made of, as JSON bytes per part."""
+    keys = list(kv.scan_iter(f"{prefix}seq:*"))
+    if not keys:
+        return {}
+    largest = max(keys, key=lambda k: int(kv.memory_usage(k, samples=0) or 0))
+    raw = kv.hget(largest, "state") or b""
+    state = Sequence.from_json(json.loads(raw)).to_json()
+    parts = {name: len(json.dumps(value)) for name, value in state.items()}
+    return {"stored": len(raw), **parts}
 
 
 def settled(kv: redis.Redis) -> int:
@@ -110,6 +123,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         )
         # The report pages' poll history (worker/history.py) keeps a rollout's last MAX_POLLS
         # summaries: per canary at that cap, from the bytes per summary seen.
+        parts = sequence_parts(kv, prefix)
         history_keys = list(kv.scan_iter(f"{prefix}history:polls:*"))
         summaries = sum(int(kv.zcard(k)) for k in history_keys)
         history_bytes = sum(int(kv.memory_usage(k, samples=0) or 0) for k in history_keys)
@@ -123,7 +137,9 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         )
         kinds: dict[str, int] = {}
         for key in kv.scan_iter(count=1000):
-            kind = key.decode().rpartition("}")[2].split(":")[0] if b"}" in key else key[:12]
+            name = key.decode()
+            kind = name.rpartition("}")[2].split(":")[0] if "}" in name else name[:16]
+            kind = kind or name.removeprefix(prefix).split(":")[0]  # seq:{id}
             kinds[str(kind)] = kinds.get(str(kind), 0) + 1
         polls = ROLLOUTS * ROUNDS
         per_canary = (after_first - base) / ROLLOUTS
@@ -153,6 +169,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "record_bytes": record_bytes,
         "sequence_bytes_at_cap": sequence_cap,
         "sequence_history_kept": HISTORY_KEPT,
+        "sequence_state_parts_json_bytes": parts,
         "poll_history_bytes_at_cap": history_cap,
         "poll_history_kept": MAX_POLLS,
         "records_left": records,
@@ -167,7 +184,6 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
 
 def main() -> int:
     """`python -m tests.perf.memory`: row 10 alone, with a Prometheus of its own."""
-    import json
     import shutil
     import tempfile
 

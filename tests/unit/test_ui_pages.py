@@ -23,7 +23,7 @@ from webhooks.ui import render
 from webhooks.ui.auth import UiAuth
 from webhooks.ui.charts import bucket_shares
 from webhooks.ui.data import EventView, UiData
-from worker.history import History
+from worker.history import History, poll_summary, read_summary
 from worker.keyspace import Keys
 
 EVIL = '<script>alert(1)</script><img src=x onerror="alert(2)">'
@@ -270,6 +270,29 @@ def test_history_keeps_each_poll_once_and_the_pages_read_it_back():
     ]
     assert [k for k, _, _ in timeline.revisions] == ["shop/checkout@4"]
     assert [(k, last["analysis_id"]) for k, _, last in rollouts] == [("shop/checkout@4", "2" * 32)]
+
+
+def test_a_revisions_poll_history_keeps_its_last_hour_compact():
+    """120 polls per rollout revision (an hour at 30 s), each kept without nulls and with
+    6 significant digits; the pages read every field back, also from a summary kept in full."""
+    server = fakeredis.FakeServer()
+    history = History(fakeredis.FakeRedis(server=server), "ra:")
+    metrics = result()["metrics"]
+    metrics["success_rate"] = {"canary": 0.99912345678901, "baseline": None}
+    for n in range(130):
+        end = format_time(1767225900 + 30 * n)
+        history.poll(result(analysis_id=f"{n:032x}", live=True, metrics=metrics, window={"end": end}))
+    key = "ra:history:polls:shop/checkout@4"
+    stored = fakeredis.FakeRedis(server=server).zrange(key, 0, -1)
+    assert len(stored) == 120
+    assert b"null" not in stored[0] and b'"canary":0.999123' in stored[0]
+    last = result(analysis_id=f"{129:032x}", live=True, metrics=metrics, window={"end": end})
+    shown = asyncio.run(UiData(fakeredis.FakeAsyncRedis(server=server), "ra:").polls(key[17:]))
+    assert [p["analysis_id"] for p in shown] == [f"{n:032x}" for n in range(10, 130)]
+    full = poll_summary(last, live=True)
+    assert shown[-1] == {**full, "success_rate": {"canary": 0.999123}}
+    assert read_summary(json.dumps(full)) == full  # kept in full by an earlier version
+    assert "99.91%" in analysis_page(last, polls=shown)
 
 
 def test_cli_analyze_and_replay_write_the_page_offline(tmp_path):

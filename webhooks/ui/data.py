@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from worker.history import rollout_key
+from worker.history import read_summary, rollout_key
 from worker.keyspace import Keys
 from worker.store import decode_record
 
@@ -84,7 +84,7 @@ class UiData:
 
     async def polls(self, key: str) -> list[dict[str, Any]]:
         raw = await self.redis.zrange(f"{self.history}polls:{key}", 0, -1)
-        return [json.loads(member) for member in raw]
+        return [read_summary(member) for member in raw]
 
     async def timeline(self, key: str, revisions_of: str | None) -> TimelineView:
         polls = await self.polls(key)
@@ -104,7 +104,7 @@ class UiData:
 
     async def last_poll(self, key: str) -> dict[str, Any] | None:
         raw = await self.redis.zrange(f"{self.history}polls:{key}", -1, -1)
-        return json.loads(raw[0]) if raw else None
+        return read_summary(raw[0]) if raw else None
 
     async def rollouts(self) -> list[tuple[str, float, dict[str, Any] | None]]:
         found = await self.redis.zrevrange(
