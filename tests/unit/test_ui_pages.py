@@ -281,18 +281,18 @@ def test_a_revisions_poll_history_keeps_its_last_hour_compact():
     metrics["success_rate"] = {"canary": 0.99912345678901, "baseline": None}
     for n in range(130):
         end = format_time(1767225900 + 30 * n)
-        history.poll(result(analysis_id=f"{n:032x}", live=True, metrics=metrics, window={"end": end}))
+        poll = result(analysis_id=f"{n:032x}", live=True, metrics=metrics, window={"end": end})
+        history.poll(poll)
     key = "ra:history:polls:shop/checkout@4"
     stored = fakeredis.FakeRedis(server=server).zrange(key, 0, -1)
     assert len(stored) == 120
     assert b"null" not in stored[0] and b'"canary":0.999123' in stored[0]
-    last = result(analysis_id=f"{129:032x}", live=True, metrics=metrics, window={"end": end})
     shown = asyncio.run(UiData(fakeredis.FakeAsyncRedis(server=server), "ra:").polls(key[17:]))
     assert [p["analysis_id"] for p in shown] == [f"{n:032x}" for n in range(10, 130)]
-    full = poll_summary(last, live=True)
+    full = poll_summary(poll, live=True)
     assert shown[-1] == {**full, "success_rate": {"canary": 0.999123}}
     assert read_summary(json.dumps(full)) == full  # kept in full by an earlier version
-    assert "99.91%" in analysis_page(last, polls=shown)
+    assert "99.91%" in analysis_page(poll, polls=shown)
 
 
 def test_cli_analyze_and_replay_write_the_page_offline(tmp_path):
