@@ -134,6 +134,15 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
     result = (record or {}).get("result")
     describe_request(request, spec, claim, result if status == "done" else None)
     page = ctx.page_of(request, claim.analysis_id)
+    if status == "done" and not isinstance(result, dict):  # its stored result is corrupt
+        return error(
+            503,
+            "store",
+            "the stored result of this analysis cannot be read; a call after its reuse window "
+            "starts a new analysis",
+            analysis_id=claim.analysis_id,
+            report_url=page,
+        )
     if status == "done":
         return finished(ctx, spec, claim, {**result, "report_url": page}, raw_key)  # type: ignore[dict-item]
     if status == "error":

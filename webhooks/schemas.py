@@ -69,6 +69,8 @@ class StoredAnalysis(BaseModel):
     result: dict[str, Any] | None = None
     actions: list[dict[str, Any]]
     report_url: str | None = None
+    # Fields whose stored value could not be read (they are null above), and why.
+    unreadable: dict[str, str] | None = None
 
 
 class EventAccepted(BaseModel):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from analysis.durations import format_time
 from analysis.policy import PolicySet
-from worker import tracing
+from worker import codec, tracing
 from worker.chat import ChatSender
 from worker.history import History, rollout_key
 from worker.keyspace import Keys
@@ -217,7 +217,13 @@ class Followup:
 
     def analysis(self, analysis_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(self.keys.record(analysis_id), "result")
-        return json.loads(raw) if raw else None
+        try:
+            return json.loads(codec.unpack(raw)) if raw else None
+        except ValueError as exc:  # codec.Unreadable too: the event still goes out, less detailed
+            log.warning(
+                "unreadable analysis", extra={"analysis_id": analysis_id, "error": str(exc)}
+            )
+            return None
 
     # --- once -------------------------------------------------------------------------------
     def _begin(self, event_id: str, step: str) -> str | None:

@@ -2,22 +2,26 @@
 
 A canary is known by what Argo sends on every poll (namespace, service, canary and baseline
 hashes, policy, overrides), so the next analysis step of the same canary continues its sequence.
-The hash holds the JSON state and a version; a save succeeds only over the version it read
-(compare-and-set in one Lua script), so two polls racing cannot both add their interval. The key
-carries a hash tag: one key per script, Redis Cluster-safe. A sequence not polled for
-`ttl_seconds` expires; the next poll starts a new one and says so.
+The hash holds the JSON state (packed: worker/codec.py) and a version; a save succeeds only over
+the version it read (compare-and-set in one Lua script), so two polls racing cannot both add their
+interval. The key carries a hash tag: one key per script, Redis Cluster-safe. A sequence not
+polled for `ttl_seconds` expires; the next poll starts a new one and says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 import redis
 
 from analysis.request import AnalysisSpec
 from analysis.sequential import Sequence
+from worker import codec
+
+log = logging.getLogger("rollout_analyzer.worker")
 
 SAVE = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
@@ -57,10 +61,17 @@ class SequenceStore:
         if not raw:
             return None, 0
         fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-        return Sequence.from_json(json.loads(fields["state"])), int(fields["version"])
+        version = int(fields["version"])
+        try:
+            return Sequence.from_json(json.loads(codec.unpack(fields["state"]))), version
+        except (ValueError, KeyError, TypeError) as exc:
+            # Evidence that cannot be read is no evidence: a new sequence starts over it (the
+            # report says so), saved over this version like any other.
+            log.warning("unreadable sequence state", extra={"sequence": seq_id, "error": str(exc)})
+            return None, version
 
     def save(self, seq_id: str, sequence: Sequence, version: int) -> bool:
-        state = json.dumps(sequence.to_json(), allow_nan=False, default=_finite)
+        state = codec.pack(json.dumps(sequence.to_json(), allow_nan=False, default=_finite))
         return bool(self._save(keys=[self.key(seq_id)], args=[version, state, self.ttl_ms]))
 
 

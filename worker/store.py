@@ -4,7 +4,8 @@ Keys (prefix `ra:` by default; `{t}` is a Redis Cluster hash tag, see worker/key
   {t}claim:<identity> → analysis id; lives `pending_seconds` while the analysis is queued or
                       running, then `reuse_seconds` after it is done (the reuse window).
   {t}analysis:<id>  → hash: status (queued | running | done | error | superseded), spec,
-                      result or error, timestamps; lives `result_ttl_seconds`.
+                      result (packed: worker/codec.py) or error, timestamps; lives
+                      `result_ttl_seconds`.
   {t}latest:<identity> → the latest finished analysis of the identity (see Retention).
   {t}lease:<id>     → the worker computing it; renewed while it runs. A running analysis
                       without a lease has lost its worker: the next call supersedes it.
@@ -24,6 +25,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from worker import codec
 from worker.keyspace import Keys, new_analysis_id
 
 __all__ = [
@@ -120,7 +122,8 @@ if claim and redis.call('GET', claim) == ARGV[6] then
     redis.call('DEL', claim)
   end
 end
--- The message carries the outcome itself: a waiting webhook needs no second read.
+-- The message carries the outcome itself (plain JSON: it is not kept, the result field is
+-- packed): a waiting webhook needs no second read.
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'ok'
 """
@@ -136,15 +139,27 @@ return 'ok'
 
 
 def decode_record(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any] | None:
+    """A record's fields (`result` is packed, see worker/codec.py); a field that cannot be read
+    is null and named, with why, in `unreadable`: the rest of the record still answers."""
     if not raw:
         return None
-    record = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    record: dict[str, Any] = {}
+    unreadable: dict[str, str] = {}
+    for key, value in raw.items():
+        name = _text(key)
+        try:
+            record[name] = codec.unpack(value)
+        except codec.Unreadable as exc:
+            record[name], unreadable[name] = None, str(exc)
     for field in ("result", "spec", "error"):
-        if field in record and record[field].startswith("{"):
-            record[field] = json.loads(record[field])
+        text = record.get(field)
+        if isinstance(text, str) and text.startswith("{"):
+            try:
+                record[field] = json.loads(text)
+            except ValueError as exc:
+                record[field], unreadable[field] = None, f"stored value is corrupt (JSON: {exc})"
+    if unreadable:
+        record["unreadable"] = unreadable
     return record
 
 
@@ -217,7 +232,7 @@ class Store:
         args = [
             worker,
             status,
-            body,
+            codec.pack(body) if status == "done" else body,  # an error is a short text
             time.time(),
             int(reuse_seconds * 1000),
             analysis_id,

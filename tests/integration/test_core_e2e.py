@@ -10,11 +10,14 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import redis
 
 from tests.integration.conftest import AUTH, TOKEN
 from tests.support.argo import WebProvider, measure
 from tests.support.procs import wait_for
 from tests.support.proxy import FaultyProxy
+from worker import codec
+from worker.keyspace import Keys
 
 POLICIES = """
 policies:
@@ -203,6 +206,36 @@ def test_stored_result_is_readable_by_id(stack, prometheus):
         assert client.get("/v1/analyses/" + "0" * 32).status_code == 404
         assert client.get("/v1/analyses/..%2F..%2Fetc").status_code in (404, 422)
         assert client.get("/v1/analyses/ABC").json()["field"] == "analysis_id"
+
+
+def test_a_corrupt_stored_result_is_named_never_a_server_error(stack, prometheus):
+    """The result is packed in Redis (worker/codec.py); one that cannot be read is answered
+    as what it is: the record with the field null and named, a 503 for Argo, a page saying so."""
+    kv = redis.Redis.from_url(stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
+    body = body_for(prometheus, "errors", end=pinned_end())  # an analysis of its own
+    with stack.client() as client:
+        analysis_id = client.post("/v1/analyze", json=body).json()["analysis_id"]
+        record, claim = Keys("ra:core:").record(analysis_id), None
+        try:
+            claim = kv.hget(record, "claim")
+            kv.pexpire(claim, 60_000)  # a reuse window long enough for this test
+            assert kv.hget(record, "result").startswith(codec.MARK)
+            kv.hset(record, "result", codec.MARK + b"\x78\x01 cut short")
+            stored = client.get(f"/v1/analyses/{analysis_id}")
+            assert stored.status_code == 200, stored.text
+            assert (stored.json()["status"], stored.json()["result"]) == ("done", None)
+            assert "stored value is corrupt" in stored.json()["unreadable"]["result"]
+            again = client.post("/v1/analyze", json=body)  # the same analysis, claimed again
+            assert again.status_code == 503 and again.json()["field"] == "store"
+            assert again.json()["analysis_id"] == analysis_id
+            shown = client.get(f"/ui/analyses/{analysis_id}")
+            assert shown.status_code == 200 and "result of this analysis cannot be read" in (
+                shown.text
+            )
+        finally:
+            if claim:
+                kv.delete(claim)
+            kv.close()
 
 
 HOSTILE = [

@@ -44,6 +44,7 @@ from tests.perf.naive import naive_queries, run_naive
 from tests.support.procs import PrometheusServer, RedisServer
 from tests.support.scenarios import BASELINE_HASH, CANARY_HASH
 from tests.support.service import Webhook, Worker, service_env
+from worker.codec import unpack
 from worker.keyspace import Keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -285,7 +286,7 @@ def measure_round_trips(stack: Stack, analyses: int = 20) -> dict[str, float]:
         "redis_commands_per_analysis": (redis_commands(stack.kv) - commands_before) / analyses,
         "sequential_seconds_per_analysis": elapsed / analyses,
         "stored_result_bytes": float(stack.kv.memory_usage(record_key) or 0),
-        "result_json_bytes": float(len(stack.kv.hget(record_key, "result") or b"")),
+        "result_json_bytes": float(len(unpack(stack.kv.hget(record_key, "result") or b""))),
     }
 
 

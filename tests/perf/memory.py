@@ -5,18 +5,23 @@ window, so every poll is a fresh analysis, and a short `replaced_ttl_seconds`, s
 leaves behind *after* its replacement window is visible within the run:
 
 - round 1: ROLLOUTS canaries polled once   → A, bytes kept per canary (`INFO memory` delta);
-- rounds 2..ROUNDS: each polled again      → B, bytes kept per further poll: the growth from
-                                             the middle of the run to its end, both measured
-                                             once replaced analyses expired (5,000 analyses);
+- rounds 2..ROUNDS: each polled again      → B, bytes kept per further poll: the growth of
+                                             MEMORY USAGE over all keys from the middle of the
+                                             run to its end, both once replaced analyses
+                                             expired (5,000 analyses); B' the same from
+                                             `used_memory` (adds the allocator's steps);
 - C: `MEMORY USAGE` of the largest stored analysis (what a replaced one holds during its
-  window; a live report carries its sequence's last 20 poll summaries);
+  window; a live report carries its sequence's last HISTORY_KEPT poll summaries; the result is
+  packed, worker/codec.py);
 - S: a live canary's sequence (worker/sequences.py) at its largest: it keeps the summaries of
-  its last HISTORY_KEPT polls, so it grows with a canary's first polls, then stays (its growth
-  in the run is taken out of B); H: the report pages' poll history of a rollout
-  (worker/history.py) at its cap of MAX_POLLS summaries, likewise.
+  its last HISTORY_KEPT polls (and the intervals within its policy's window), so it grows with
+  a canary's first polls, then stays (its growth in the run is taken out of B); H: the report
+  pages' poll history of a rollout revision (worker/history.py) at its cap of MAX_POLLS
+  summaries, from the bytes per summary seen (key overhead included: an upper bound).
 
 Extrapolated to N rollouts polled every I s for 24 h with production's replaced window W:
 N·(A + S + H) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis 24 h).
+One revision per rollout in the 24 h: each further revision adds its own H for 7 days.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from analysis.sequential import HISTORY_KEPT, Sequence
 from tests.perf.loadgen import post_all
 from tests.support.procs import RedisServer
 from tests.support.service import Webhook, Worker, service_env
+from worker.codec import unpack
 from worker.history import MAX_POLLS
 from worker.keyspace import Keys
 from worker.settings import Settings
@@ -56,6 +62,15 @@ def capped_bytes(kv: redis.Redis, prefix: str) -> int:
     return sum(int(kv.memory_usage(k, samples=0) or 0) for k in keys)
 
 
+def keyspace_bytes(kv: redis.Redis) -> int:
+    """MEMORY USAGE over every key: what the keys hold, without the allocator's and the
+    keyspace tables' steps (`used_memory` jumps by ~100 KB when a table doubles)."""
+    pipe = kv.pipeline(transaction=False)
+    for key in kv.scan_iter(count=1000):
+        pipe.memory_usage(key, samples=0)
+    return sum(int(n or 0) for n in pipe.execute())
+
+
 def sequence_parts(kv: redis.Redis, prefix: str) -> dict[str, int]:
     """What the largest sequence's state is made of, as JSON bytes per part."""
     keys = list(kv.scan_iter(f"{prefix}seq:*"))
@@ -63,7 +78,7 @@ def sequence_parts(kv: redis.Redis, prefix: str) -> dict[str, int]:
         return {}
     largest = max(keys, key=lambda k: int(kv.memory_usage(k, samples=0) or 0))
     raw = kv.hget(largest, "state") or b""
-    state = Sequence.from_json(json.loads(raw)).to_json()
+    state = Sequence.from_json(json.loads(unpack(raw))).to_json()
     parts = {name: len(json.dumps(value)) for name, value in state.items()}
     return {"stored": len(raw), **parts}
 
@@ -114,7 +129,9 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
             peak = max(peak, used(kv))
             if n == half:
                 at_half, seq_at_half = settled(kv), capped_bytes(kv, prefix)
+                keys_at_half = keyspace_bytes(kv)
         after_all, seq_at_end = settled(kv), capped_bytes(kv, prefix)
+        keys_at_end = keyspace_bytes(kv)
         # A live canary's sequence grows with its first HISTORY_KEPT polls, then stays: count
         # it per canary at its largest, and leave its growth out of what polls keep.
         sequence_cap = max(
@@ -143,9 +160,12 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
             kinds[str(kind)] = kinds.get(str(kind), 0) + 1
         polls = ROLLOUTS * ROUNDS
         per_canary = (after_first - base) / ROLLOUTS
-        # Growth between the middle and the end, both settled: what further polls leave.
-        grown = (after_all - at_half) - (seq_at_end - seq_at_half)
-        per_poll = grown / ((ROUNDS - half) * ROLLOUTS)
+        # Growth between the middle and the end, both settled: what further polls leave, in
+        # the keys (B) and in `used_memory` (B', which adds the allocator's steps: noise of
+        # ±50 B per poll over 2,500 polls), both without the capped structures' growth.
+        further = (ROUNDS - half) * ROLLOUTS
+        per_poll = ((keys_at_end - seq_at_end) - (keys_at_half - seq_at_half)) / further
+        per_poll_used = ((after_all - at_half) - (seq_at_end - seq_at_half)) / further
         records = sum(1 for _ in kv.scan_iter(f"{prefix}{{*}}analysis:*", count=1000))
     finally:
         kv.close()
@@ -165,6 +185,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "ok": sum(s == 200 for s in statuses),
         "bytes_per_canary": per_canary,
         "bytes_per_poll_kept": per_poll,
+        "bytes_per_poll_kept_used_memory": per_poll_used,
         "bytes_per_poll_in_run": (peak - base) / polls,
         "record_bytes": record_bytes,
         "sequence_bytes_at_cap": sequence_cap,
@@ -176,6 +197,9 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "keys_left": kinds,
         "replaced_ttl_seconds": window,
         "extrapolated_bytes": extrapolated,
+        # The same with B' (used_memory) for B: how much the allocator's noise could add.
+        "extrapolated_bytes_used_memory": extrapolated
+        + polls_per_second * 86400 * (max(0.0, per_poll_used) - max(0.0, per_poll)),
         # What keeping every poll for the result TTL (the old way) would take.
         "keep_every_poll_bytes": polls_per_second * Settings().result_ttl_seconds * record_bytes,
         "record_key_example": Keys(prefix).record("0" * 32),

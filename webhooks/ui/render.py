@@ -221,6 +221,7 @@ def analysis_context(
         "live": bool(live),
         "verdict": verdict,
         "error": error,
+        "unreadable": sorted(record.get("unreadable") or {}),  # fields kept corrupt in Redis
         "budget": ((result or {}).get("metrics") or {}).get("error_budget") or {},
         "charts": analysis_charts(result, polls) if result else [],
         "sequence": (result or {}).get("sequence"),
