@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +9,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.integration import test_traffic_gateway_api as gateway
-from tests.integration import test_traffic_istio as istio
 from tests.support.k8s_emulator import K8sEmulator, RbacRule, write_kubeconfig
+from tests.support.traffic_routers import ROUTERS
 from worker.traffic import api_client_from_settings, rollback
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac"
@@ -37,20 +35,18 @@ def shipped_rules(namespace: str) -> list[RbacRule]:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[K8sEmulator, client.ApiClient]]:
     with K8sEmulator() as emulator:
-        emulator.create_object(istio.V1, "virtualservices", "shop", copy.deepcopy(istio.REVIEWS_VS))
-        emulator.create_object(
-            gateway.V1, "httproutes", "shop", copy.deepcopy(gateway.REVIEWS_ROUTE)
-        )
+        for router in ROUTERS:
+            router.create(emulator)
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
         api = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
         yield emulator, api
         api.close()  # type: ignore[no-untyped-call]
 
 
-@pytest.mark.parametrize("router", ["istio", "gateway-api"])
+@pytest.mark.parametrize("router", ROUTERS, ids=lambda case: case.router)
 def test_the_shipped_role_lets_each_router_act_in_its_namespace(world, router) -> None:
     emulator, api = world
-    target = istio.target() if router == "istio" else gateway.target()
+    target = router.target()
 
     emulator.rbac = shipped_rules("shop")
     assert rollback(api, target).status == "applied"
