@@ -8,8 +8,6 @@ both routers share (conflicts, 403, 404, dry run, cap...) are in test_traffic_ro
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,47 +17,38 @@ import yaml
 from kubernetes import client
 from pydantic import TypeAdapter
 
-from tests.support.k8s_emulator import K8sEmulator, RbacRule, write_kubeconfig
-from tests.support.traffic_routers import GATEWAY_STABLE as STABLE
-from tests.support.traffic_routers import GATEWAY_V1 as V1
-from tests.support.traffic_routers import NS, REVIEWS_ROUTE, rule
-from tests.support.traffic_routers import gateway_target as target
-from tests.support.traffic_routers import gateway_weights as weights
-from worker.traffic import api_client_from_settings, rollback, shift_traffic, step_up
+from tests.support.k8s_emulator import K8sEmulator, RbacRule
+from tests.support.traffic_routers import (
+    GATEWAY_API,
+    NS,
+    canonical,
+    kube_client,
+    patches,
+    without_versioning,
+)
+from worker.traffic import rollback, shift_traffic, step_up
 from worker.traffic.policy import GatewayApiTraffic, TrafficPolicy
+
+V1 = GATEWAY_API.api_version
+STABLE = GATEWAY_API.stable
+target, stored, rule, weights = (
+    GATEWAY_API.target,
+    GATEWAY_API.stored,
+    GATEWAY_API.route,
+    GATEWAY_API.weights,
+)
 
 
 @pytest.fixture
 def emulator() -> Iterator[K8sEmulator]:
-    with K8sEmulator() as running:
-        running.create_object(V1, "httproutes", NS, copy.deepcopy(REVIEWS_ROUTE))
+    with GATEWAY_API.emulator() as running:
         yield running
 
 
 @pytest.fixture
 def api(emulator: K8sEmulator, tmp_path: Path) -> Iterator[client.ApiClient]:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
-    api_client = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
-    yield api_client
-    api_client.close()  # type: ignore[no-untyped-call]
-
-
-def stored(emulator: K8sEmulator) -> dict[str, Any]:
-    return emulator.get_object(V1, "httproutes", NS, "reviews")
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def without_versioning(route: dict[str, Any]) -> dict[str, Any]:
-    copied = copy.deepcopy(route)
-    del copied["metadata"]["resourceVersion"], copied["metadata"]["generation"]
-    return copied
-
-
-def patches(emulator: K8sEmulator) -> list[Any]:
-    return emulator.requests_for("patch")
+    with kube_client(emulator, tmp_path) as api_client:
+        yield api_client
 
 
 def test_rollback_of_a_named_rule_moves_only_its_weights_and_keeps_the_sum(

@@ -8,7 +8,6 @@ both routers share (conflicts, 403, 404, dry run, cap...) are in test_traffic_ro
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,14 @@ import yaml
 from kubernetes import client
 
 from tests.support.k8s_emulator import K8sEmulator, write_kubeconfig
-from tests.support.traffic_routers import ISTIO_CANARY as CANARY
-from tests.support.traffic_routers import ISTIO_STABLE as STABLE
-from tests.support.traffic_routers import ISTIO_V1 as V1
-from tests.support.traffic_routers import NS, REVIEWS_VS, http_route
-from tests.support.traffic_routers import istio_target as target
-from tests.support.traffic_routers import istio_weights as weights
+from tests.support.traffic_routers import (
+    ISTIO,
+    NS,
+    canonical,
+    kube_client,
+    patches,
+    without_versioning,
+)
 from worker.traffic.istio import (
     ActionRecord,
     TrafficTarget,
@@ -33,38 +34,21 @@ from worker.traffic.istio import (
     shift_traffic,
 )
 
+V1 = ISTIO.api_version
+CANARY, STABLE = ISTIO.canary, ISTIO.stable
+target, stored, http_route, weights = ISTIO.target, ISTIO.stored, ISTIO.route, ISTIO.weights
+
 
 @pytest.fixture
 def emulator() -> Iterator[K8sEmulator]:
-    with K8sEmulator() as running:
-        running.create_object(V1, "virtualservices", NS, copy.deepcopy(REVIEWS_VS))
+    with ISTIO.emulator() as running:
         yield running
 
 
 @pytest.fixture
 def api(emulator: K8sEmulator, tmp_path: Path) -> Iterator[client.ApiClient]:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
-    api_client = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
-    yield api_client
-    api_client.close()  # type: ignore[no-untyped-call]
-
-
-def stored(emulator: K8sEmulator) -> dict[str, Any]:
-    return emulator.get_object(V1, "virtualservices", NS, "reviews")
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def without_versioning(vs: dict[str, Any]) -> dict[str, Any]:
-    copied = copy.deepcopy(vs)
-    del copied["metadata"]["resourceVersion"], copied["metadata"]["generation"]
-    return copied
-
-
-def patches(emulator: K8sEmulator) -> list[Any]:
-    return emulator.requests_for("patch")
+    with kube_client(emulator, tmp_path) as api_client:
+        yield api_client
 
 
 def test_rollback_of_a_named_route_moves_only_its_weights(

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.support.k8s_emulator import K8sEmulator, RbacRule, write_kubeconfig
-from tests.support.traffic_routers import ROUTERS
-from worker.traffic import api_client_from_settings, rollback
+from tests.support.k8s_emulator import K8sEmulator, RbacRule
+from tests.support.traffic_routers import ROUTERS, kube_client
+from worker.traffic import rollback
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac"
 
@@ -37,10 +37,8 @@ def world(tmp_path: Path) -> Iterator[tuple[K8sEmulator, client.ApiClient]]:
     with K8sEmulator() as emulator:
         for router in ROUTERS:
             router.create(emulator)
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
-        api = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
-        yield emulator, api
-        api.close()  # type: ignore[no-untyped-call]
+        with kube_client(emulator, tmp_path) as api:
+            yield emulator, api
 
 
 @pytest.mark.parametrize("router", ROUTERS, ids=lambda case: case.router)

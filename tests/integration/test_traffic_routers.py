@@ -9,7 +9,6 @@ test_traffic_gateway_api.py.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,16 @@ import pytest
 from kubernetes import client
 
 from tests.support.crd_schema import validator_for
-from tests.support.k8s_emulator import K8sEmulator, RbacRule, apply_json_patch, write_kubeconfig
-from tests.support.traffic_routers import NS, ROUTERS, RouterCase
-from worker.traffic import api_client_from_settings, rollback, shift_traffic, step_up
+from tests.support.k8s_emulator import K8sEmulator, RbacRule, apply_json_patch
+from tests.support.traffic_routers import (
+    NS,
+    ROUTERS,
+    RouterCase,
+    canonical,
+    kube_client,
+    patches,
+)
+from worker.traffic import rollback, shift_traffic, step_up
 
 
 @pytest.fixture(params=ROUTERS, ids=lambda case: case.router)
@@ -32,25 +38,14 @@ def router(request: pytest.FixtureRequest) -> RouterCase:
 
 @pytest.fixture
 def emulator(router: RouterCase) -> Iterator[K8sEmulator]:
-    with K8sEmulator() as running:
-        router.create(running)
+    with router.emulator() as running:
         yield running
 
 
 @pytest.fixture
 def api(emulator: K8sEmulator, tmp_path: Path) -> Iterator[client.ApiClient]:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
-    api_client = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
-    yield api_client
-    api_client.close()  # type: ignore[no-untyped-call]
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def patches(emulator: K8sEmulator) -> list[Any]:
-    return emulator.requests_for("patch")
+    with kube_client(emulator, tmp_path) as api_client:
+        yield api_client
 
 
 def test_a_named_route_without_a_stable_side_fails(

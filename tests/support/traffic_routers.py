@@ -1,192 +1,42 @@
-"""The two routers' test worlds: each one's routing object mid-canary, its target and how to
-read its weights, and a `RouterCase` that lets one test run the same scenario on either router
-(tests/integration/test_traffic_routers.py); each router's own file tests what differs.
+"""The two routers' test worlds, one `RouterCase` each: the routing object mid-canary, the target
+and how to read the object's weights. tests/integration/test_traffic_routers.py runs the scenarios
+both routers share on each case; each router's own test file uses its case for what differs.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
 
-from tests.support.k8s_emulator import HTTP_ROUTE_CRD, VIRTUAL_SERVICE_CRD, K8sEmulator
-from worker.traffic import Backend, Destination, HTTPRouteTarget, TrafficTarget
-from worker.traffic.router import Router
+from tests.support.k8s_emulator import (
+    HTTP_ROUTE_CRD,
+    VIRTUAL_SERVICE_CRD,
+    K8sEmulator,
+    write_kubeconfig,
+)
+from worker.traffic import (
+    Backend,
+    Destination,
+    HTTPRouteTarget,
+    TrafficTarget,
+    api_client_from_settings,
+)
+from worker.traffic.target import RouterTarget
 
 NS = "shop"
-ISTIO_V1 = "networking.istio.io/v1"
-GATEWAY_V1 = "gateway.networking.k8s.io/v1"
-ISTIO_CANARY = Destination(host="reviews", subset="canary")
-ISTIO_STABLE = Destination(host="reviews", subset="stable")
-GATEWAY_CANARY = Backend(name="reviews-canary", port=9080)
-GATEWAY_STABLE = Backend(name="reviews-stable", port=9080)
 
-# A VirtualService mid-canary: a header route pinned to the canary (with a stable entry at 0),
-# the weighted primary route, a route to another service, a header route as Argo's
-# setHeaderRoute writes it (canary only), and a TCP route.
-REVIEWS_VS = yaml.safe_load(
-    """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app.kubernetes.io/name: reviews}
-  annotations: {team: shop-backend}
-spec:
-  hosts: [reviews, reviews.example.com]
-  gateways: [mesh, shop/public-gateway]
-  http:
-  - name: canary-by-header
-    match:
-    - headers:
-        x-canary: {exact: always}
-      uri: {prefix: /api}
-    route:
-    - destination: {host: reviews, subset: canary, port: {number: 9080}}
-      weight: 100
-    - destination: {host: reviews, subset: stable, port: {number: 9080}}
-      weight: 0
-    timeout: 5s
-  - name: primary
-    match:
-    - uri: {prefix: /api}
-    route:
-    - destination: {host: reviews, subset: stable, port: {number: 9080}}
-      weight: 80
-      headers:
-        response: {set: {x-served-by: stable}}
-    - destination: {host: reviews, subset: canary, port: {number: 9080}}
-      weight: 20
-    retries: {attempts: 3, perTryTimeout: 2s, retryOn: "5xx,reset,connect-failure"}
-    timeout: 10s
-    corsPolicy:
-      allowOrigins: [{exact: "https://shop.example.com"}]
-      allowMethods: [GET, POST]
-  - name: admin
-    match:
-    - uri: {prefix: /admin}
-    route:
-    - destination: {host: reviews-admin, port: {number: 8080}}
-    timeout: 30s
-  - name: argo-header-canary
-    match:
-    - headers:
-        x-argo-canary: {exact: "true"}
-    route:
-    - destination: {host: reviews, subset: canary}
-      weight: 100
-  tcp:
-  - match: [{port: 9000}]
-    route:
-    - destination: {host: reviews, subset: stable, port: {number: 9000}}
-      weight: 90
-    - destination: {host: reviews, subset: canary, port: {number: 9000}}
-      weight: 10
-"""
-)
-
-
-# An HTTPRoute mid-canary: a header rule pinned to the canary (stable at 0), the weighted
-# primary rule (900/100: weights are relative), a rule to another service, a canary-only
-# header rule as Argo's Gateway API plugin writes it, and an unnamed rule with default weights.
-REVIEWS_ROUTE = yaml.safe_load(
-    """
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: reviews
-  namespace: shop
-  labels: {app.kubernetes.io/name: reviews}
-  annotations: {team: shop-backend}
-spec:
-  parentRefs:
-  - {name: public, namespace: infra, sectionName: https}
-  hostnames: [reviews.example.com]
-  rules:
-  - name: canary-by-header
-    matches:
-    - headers: [{name: x-canary, value: always}]
-      path: {type: PathPrefix, value: /api}
-    backendRefs:
-    - {name: reviews-canary, port: 9080, weight: 1000}
-    - {name: reviews-stable, port: 9080, weight: 0}
-    timeouts: {request: 5s}
-  - name: primary
-    matches:
-    - path: {type: PathPrefix, value: /api}
-    filters:
-    - type: RequestHeaderModifier
-      requestHeaderModifier:
-        set: [{name: x-route, value: primary}]
-    backendRefs:
-    - name: reviews-stable
-      port: 9080
-      weight: 900
-      filters:
-      - type: ResponseHeaderModifier
-        responseHeaderModifier:
-          set: [{name: x-served-by, value: stable}]
-    - {name: reviews-canary, port: 9080, weight: 100}
-    timeouts: {request: 10s}
-  - name: admin
-    matches:
-    - path: {type: PathPrefix, value: /admin}
-    backendRefs:
-    - {name: reviews-admin, port: 8080}
-  - name: argo-header-canary
-    matches:
-    - headers: [{name: x-argo-canary, value: "true"}]
-    backendRefs:
-    - {name: reviews-canary, port: 9080, weight: 1}
-"""
-)
-
-
-def istio_target(**overrides: Any) -> TrafficTarget:
-    fields: dict[str, Any] = {
-        "virtual_service": "reviews",
-        "namespace": NS,
-        "routes": ["primary"],
-        "canary": ISTIO_CANARY,
-        "stable": ISTIO_STABLE,
-    }
-    return TrafficTarget(**{**fields, **overrides})
-
-
-def gateway_target(**overrides: Any) -> HTTPRouteTarget:
-    fields: dict[str, Any] = {
-        "http_route": "reviews",
-        "namespace": NS,
-        "routes": ["primary"],
-        "canary": GATEWAY_CANARY,
-        "stable": GATEWAY_STABLE,
-    }
-    return HTTPRouteTarget(**{**fields, **overrides})
-
-
-def http_route(vs: dict[str, Any], name: str) -> dict[str, Any]:
-    """The VirtualService's http route of that name."""
-    return next(route for route in vs["spec"]["http"] if route.get("name") == name)
-
-
-def rule(route: dict[str, Any], name: str) -> dict[str, Any]:
-    """The HTTPRoute's rule of that name."""
-    return next(r for r in route["spec"]["rules"] if r.get("name") == name)
-
-
-def istio_weights(vs: dict[str, Any], name: str) -> dict[str, int]:
-    by_subset = {e["destination"]["subset"]: e["weight"] for e in http_route(vs, name)["route"]}
-    return {"canary": by_subset["canary"], "stable": by_subset["stable"]}
-
-
-def gateway_weights(route: dict[str, Any], name: str) -> dict[str, int]:
-    by_name = {ref["name"]: ref.get("weight", 1) for ref in rule(route, name)["backendRefs"]}
-    return {"canary": by_name["reviews-canary"], "stable": by_name["reviews-stable"]}
+OBJECTS = Path(__file__).parent / "objects"
+# The objects mid-canary; each file says what its routes are for.
+REVIEWS_VS = yaml.safe_load((OBJECTS / "reviews-virtualservice.yaml").read_text())
+REVIEWS_ROUTE = yaml.safe_load((OBJECTS / "reviews-httproute.yaml").read_text())
 
 
 @dataclass(frozen=True)
@@ -194,17 +44,14 @@ class RouterCase:
     """One router's world, as the shared scenarios see it."""
 
     router: str  # the policy's `kind`, used as the test id
-    kind: str  # "VirtualService"
-    api_version: str
-    plural: str
-    obj: dict[str, Any]  # the object as created, mid-canary
-    crd: Path
-    versions: tuple[str, ...]  # every served version (the CRD schema of each)
-    target: Callable[..., Router]  # target(**overrides); routes=["primary"] unless overridden
+    target_class: type[RouterTarget]
     name_field: str  # the target field naming the object
-    weights: Callable[[dict[str, Any], str], dict[str, int]]  # (object, route) -> weights
-    spec_key: str  # spec list of routes
-    entries_key: str  # a route's weighted list
+    canary: Any  # the target's sides, as the object holds them
+    stable: Any
+    obj: dict[str, Any]  # the object as created, named "reviews", mid-canary
+    crd: Path
+    side_of: Callable[[dict[str, Any]], str]  # "canary"/"stable" for those entries of a route
+    default_weight: int | None  # what a missing weight reads as (None: every entry has one)
     total: int  # what the primary route weighs in all
     primary_canary: int  # the canary's share of "primary" at the start, in percent
     admin_edit: tuple[str, Any]  # a field an operator changes on the "admin" route, and to what
@@ -213,17 +60,49 @@ class RouterCase:
     no_stable_reason: str  # the reason when the named canary-only route is asked for
 
     @property
-    def path(self) -> str:
-        """The object's API path, any version (the emulator's hooks match on it)."""
-        group = self.api_version.partition("/")[0]
-        return f"/apis/{group}/*/namespaces/{NS}/{self.plural}/reviews"
+    def kind(self) -> str:
+        return self.target_class.kind
+
+    @property
+    def plural(self) -> str:
+        return self.target_class.plural
 
     @property
     def group(self) -> str:
-        return self.api_version.partition("/")[0]
+        return self.target_class.group
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/v1"
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return self.target_class.layout.versions
+
+    @property
+    def entries_key(self) -> str:
+        return self.target_class.layout.entries_key
+
+    @property
+    def path(self) -> str:
+        """The object's API path, any version (the emulator's hooks match on it)."""
+        return f"/apis/{self.group}/*/namespaces/{NS}/{self.plural}/reviews"
+
+    def target(self, **overrides: Any) -> Any:
+        """The target of "primary" in the object; `overrides` replace fields."""
+        fields: dict[str, Any] = {self.name_field: "reviews", "namespace": NS}
+        fields |= {"routes": ["primary"], "canary": self.canary, "stable": self.stable}
+        return self.target_class(**{**fields, **overrides})
 
     def create(self, emulator: K8sEmulator) -> None:
         emulator.create_object(self.api_version, self.plural, NS, copy.deepcopy(self.obj))
+
+    @contextmanager
+    def emulator(self) -> Iterator[K8sEmulator]:
+        """An API emulator holding the object."""
+        with K8sEmulator() as running:
+            self.create(running)
+            yield running
 
     def stored(self, emulator: K8sEmulator) -> dict[str, Any]:
         return emulator.get_object(self.api_version, self.plural, NS, "reviews")
@@ -232,7 +111,21 @@ class RouterCase:
         emulator.modify_object(self.api_version, self.plural, NS, "reviews", edit)
 
     def route(self, obj: dict[str, Any], name: str) -> dict[str, Any]:
-        return next(r for r in obj["spec"][self.spec_key] if r.get("name") == name)
+        """The object's route (http route, rule) of that name."""
+        spec_key = self.target_class.layout.spec_key
+        return next(r for r in obj["spec"][spec_key] if r.get("name") == name)
+
+    def weights(self, obj: dict[str, Any], name: str) -> dict[str, int]:
+        """The canary and stable weights of a route."""
+        by_side = {
+            self.side_of(entry): (
+                entry["weight"]
+                if self.default_weight is None
+                else entry.get("weight", self.default_weight)
+            )
+            for entry in self.route(obj, name)[self.entries_key]
+        }
+        return {"canary": by_side["canary"], "stable": by_side["stable"]}
 
     def share(self, canary_percent: int) -> dict[str, int]:
         """Weights of "primary" when the canary has that share (no other backend)."""
@@ -240,19 +133,39 @@ class RouterCase:
         return {"canary": canary, "stable": self.total - canary}
 
 
+@contextmanager
+def kube_client(emulator: K8sEmulator, tmp_path: Path) -> Iterator[client.ApiClient]:
+    """The real `kubernetes` client, configured by a kubeconfig file, talking to the emulator."""
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
+    api_client = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
+    yield api_client
+    api_client.close()  # type: ignore[no-untyped-call]
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def without_versioning(obj: dict[str, Any]) -> dict[str, Any]:
+    copied = copy.deepcopy(obj)
+    del copied["metadata"]["resourceVersion"], copied["metadata"]["generation"]
+    return copied
+
+
+def patches(emulator: K8sEmulator) -> list[Any]:
+    return emulator.requests_for("patch")
+
+
 ISTIO = RouterCase(
     router="istio",
-    kind="VirtualService",
-    api_version=ISTIO_V1,
-    plural="virtualservices",
+    target_class=TrafficTarget,
+    name_field="virtual_service",
+    canary=Destination(host="reviews", subset="canary"),
+    stable=Destination(host="reviews", subset="stable"),
     obj=REVIEWS_VS,
     crd=VIRTUAL_SERVICE_CRD,
-    versions=("v1", "v1beta1", "v1alpha3"),
-    target=istio_target,
-    name_field="virtual_service",
-    weights=istio_weights,
-    spec_key="http",
-    entries_key="route",
+    side_of=lambda entry: entry["destination"].get("subset", ""),
+    default_weight=None,
     total=100,
     primary_canary=20,
     admin_edit=("timeout", "45s"),
@@ -266,17 +179,14 @@ ISTIO = RouterCase(
 
 GATEWAY_API = RouterCase(
     router="gateway-api",
-    kind="HTTPRoute",
-    api_version=GATEWAY_V1,
-    plural="httproutes",
+    target_class=HTTPRouteTarget,
+    name_field="http_route",
+    canary=Backend(name="reviews-canary", port=9080),
+    stable=Backend(name="reviews-stable", port=9080),
     obj=REVIEWS_ROUTE,
     crd=HTTP_ROUTE_CRD,
-    versions=("v1", "v1beta1"),
-    target=gateway_target,
-    name_field="http_route",
-    weights=gateway_weights,
-    spec_key="rules",
-    entries_key="backendRefs",
+    side_of=lambda ref: ref["name"].removeprefix("reviews-"),
+    default_weight=1,  # the Gateway API's default
     total=1000,
     primary_canary=10,
     admin_edit=("timeouts", {"request": "45s"}),

@@ -14,13 +14,17 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.traffic.router import Goal, split
-from worker.traffic.target import RouterTarget, integer_weight
+from worker.traffic.target import ObjectLayout, RouterTarget, integer_weight
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_VERSIONS = ("v1", "v1beta1")
 PLURAL = "httproutes"
 DEFAULT_WEIGHT = 1  # the Gateway API's default for a backendRef without `weight`
 IDENTITY_FIELDS = ("group", "kind", "name", "namespace", "port")
+# The API server keeps rule names unique.
+HTTP_ROUTE = ObjectLayout(
+    GATEWAY_VERSIONS, "rules", "backendRefs", "rule", "rule", "backend", unique_names=True
+)
 
 
 class Backend(BaseModel):
@@ -56,13 +60,7 @@ class HTTPRouteTarget(RouterTarget):
     group: ClassVar[str] = GATEWAY_GROUP
     plural: ClassVar[str] = PLURAL
     kind: ClassVar[str] = "HTTPRoute"
-    versions: ClassVar[tuple[str, ...]] = GATEWAY_VERSIONS
-    spec_key: ClassVar[str] = "rules"
-    entries_key: ClassVar[str] = "backendRefs"
-    route_word: ClassVar[str] = "rule"
-    routes_words: ClassVar[tuple[str, str]] = ("rule", "rules")
-    side_word: ClassVar[str] = "backend"
-    unique_names: ClassVar[bool] = True  # the API server keeps rule names unique
+    layout: ClassVar[ObjectLayout] = HTTP_ROUTE
 
     http_route: str = Field(min_length=1)
     namespace: str = Field(min_length=1)

@@ -15,11 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.traffic.kube import api_client_from_settings
 from worker.traffic.router import Goal, split
 from worker.traffic.shift import ActionRecord, PinGoals, rollback, shift_traffic, step_up
-from worker.traffic.target import RouterTarget, integer_weight
+from worker.traffic.target import ObjectLayout, RouterTarget, integer_weight
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 PLURAL = "virtualservices"
+# Istio accepts two http routes of one name: they are refused when named.
+VIRTUAL_SERVICE = ObjectLayout(
+    ISTIO_VERSIONS, "http", "route", "route", "http route", "destination", unique_names=False
+)
 
 __all__ = [
     "ISTIO_GROUP",
@@ -59,13 +63,7 @@ class TrafficTarget(RouterTarget):
     group: ClassVar[str] = ISTIO_GROUP
     plural: ClassVar[str] = PLURAL
     kind: ClassVar[str] = "VirtualService"
-    versions: ClassVar[tuple[str, ...]] = ISTIO_VERSIONS
-    spec_key: ClassVar[str] = "http"
-    entries_key: ClassVar[str] = "route"
-    route_word: ClassVar[str] = "route"
-    routes_words: ClassVar[tuple[str, str]] = ("http route", "http routes")
-    side_word: ClassVar[str] = "destination"
-    unique_names: ClassVar[bool] = False  # Istio accepts two http routes of one name
+    layout: ClassVar[ObjectLayout] = VIRTUAL_SERVICE
 
     virtual_service: str = Field(min_length=1)
     namespace: str = Field(min_length=1)

@@ -1,18 +1,32 @@
 """What the two routers (Istio, Gateway API) share: a pydantic target naming one routing object,
 its canary and stable sides, and the walk that finds them in the object.
 
-A router module keeps what differs: its side model (destination, backendRef), the words and keys
-of its object (below as class variables), how a route's weights are read and split
-(`_split`) and what identifies an entry in a patch (`_identity`).
+A router module keeps what differs: its side model (destination, backendRef), the layout of its
+object (`ObjectLayout`), how a route's weights are read and split (`_split`) and what
+identifies an entry in a patch (`_identity`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from worker.traffic.router import Failed, Goal, RouteWeights, describe_plans, patch_ops
+
+
+@dataclass(frozen=True)
+class ObjectLayout:
+    """Where a routing object keeps its routes and weights, and the words its messages use."""
+
+    versions: tuple[str, ...]  # API versions of the group with the same schema
+    spec_key: str  # spec list of routes: "http", "rules"
+    entries_key: str  # a route's weighted list: "route", "backendRefs"
+    route_word: str  # a route named by its key: "route 'primary'", "rule 'primary'"
+    routes_word: str  # a route among the object's: "no http route of …", "no rule of …"
+    side_word: str  # "destination", "backend"
+    unique_names: bool  # the API server rejects two routes of one name
 
 
 class RouterTarget(BaseModel):
@@ -22,13 +36,7 @@ class RouterTarget(BaseModel):
     group: ClassVar[str]
     plural: ClassVar[str]
     kind: ClassVar[str]
-    versions: ClassVar[tuple[str, ...]]  # API versions of `group` with the same schema
-    spec_key: ClassVar[str]  # spec list of routes: "http" or "rules"
-    entries_key: ClassVar[str]  # a route's weighted list: "route" or "backendRefs"
-    route_word: ClassVar[str]  # one route, in messages: "route" or "rule"
-    routes_words: ClassVar[tuple[str, str]]  # (one, several) in messages: ("http route", ...)
-    side_word: ClassVar[str]  # one side, in messages: "destination" or "backend"
-    unique_names: ClassVar[bool]  # the API server rejects two routes of one name
+    layout: ClassVar[ObjectLayout]
 
     if TYPE_CHECKING:  # fields each router declares itself (their order is part of its model)
         namespace: str
@@ -44,24 +52,23 @@ class RouterTarget(BaseModel):
     @classmethod
     def _routes(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and (not value or len(set(value)) != len(value)):
-            raise ValueError(
-                f"routes must be a non-empty list of distinct {cls.route_word} names (or omitted)"
-            )
+            names = f"{cls.layout.route_word} names"
+            raise ValueError(f"routes must be a non-empty list of distinct {names} (or omitted)")
         return value
 
     @field_validator("api_version", check_fields=False)
     @classmethod
     def _api_version(cls, value: str) -> str:
         group, _, version = value.partition("/")
-        if group != cls.group or version not in cls.versions:
-            allowed = ", ".join(f"{cls.group}/{v}" for v in cls.versions)
+        if group != cls.group or version not in cls.layout.versions:
+            allowed = ", ".join(f"{cls.group}/{v}" for v in cls.layout.versions)
             raise ValueError(f"api_version must be one of {allowed}")
         return value
 
     @model_validator(mode="after")
     def _distinct(self) -> Self:
         if self.canary == self.stable:
-            raise ValueError(f"canary and stable must be different {self.side_word}s")
+            raise ValueError(f"canary and stable must be different {self.layout.side_word}s")
         return self
 
     @property
@@ -75,26 +82,26 @@ class RouterTarget(BaseModel):
     # --- Router ---------------------------------------------------------------------------------
     def read_weights(self, obj: dict[str, Any], goal: Goal) -> tuple[list[RouteWeights], list[str]]:
         """The routes to shift, and why others found without `routes` were left alone."""
-        routes = (obj.get("spec") or {}).get(self.spec_key) or []
+        routes = (obj.get("spec") or {}).get(self.layout.spec_key) or []
         if not isinstance(routes, list):
-            raise Failed(f"{self.kind} {self.ref} has a malformed spec.{self.spec_key}")
+            raise Failed(f"{self.kind} {self.ref} has a malformed spec.{self.layout.spec_key}")
         plans: list[RouteWeights] = []
         skipped: list[str] = []
         for key, index in self._select_routes(routes):
-            entries = routes[index].get(self.entries_key) or []
+            entries = routes[index].get(self.layout.entries_key) or []
             found = self._roles(key, entries, skipped)
             if found is None:
                 continue
             canary, stable = entries[found[0]], entries[found[1]]
             old, new, total = self._split(key, entries, found, goal)
-            base = f"/spec/{self.spec_key}/{index}/{self.entries_key}"
+            base = f"/spec/{self.layout.spec_key}/{index}/{self.layout.entries_key}"
             plans.append(
                 RouteWeights(
                     key, f"{base}/{found[0]}", f"{base}/{found[1]}", canary, stable, old, new, total
                 )
             )
         if not plans:
-            one = self.routes_words[0]
+            one = self.layout.routes_word
             raise Failed(f"no {one} of {self.kind} {self.ref} to shift: {'; '.join(skipped)}")
         return plans, skipped
 
@@ -123,9 +130,10 @@ class RouterTarget(BaseModel):
     def _roles(self, key: str, entries: list[Any], skipped: list[str]) -> tuple[int, int] | None:
         """Indexes of the canary and stable entries of a route (None: leave the route alone)."""
         found: list[int] = []
+        route_word, side_word = self.layout.route_word, self.layout.side_word
         for role, side in (("canary", self.canary), ("stable", self.stable)):
             matches = [j for j, entry in enumerate(entries) if self._is_side(side, entry)]
-            problem = f"{self.route_word} {key!r} has %s {role} {self.side_word} {side}"
+            problem = f"{route_word} {key!r} has %s {role} {side_word} {side}"
             if len(matches) > 1:
                 raise Failed(f"{problem % 'more than one'} in {self.kind} {self.ref}")
             if not matches and self.routes is not None:
@@ -141,16 +149,17 @@ class RouterTarget(BaseModel):
     def _select_routes(self, routes: list[Any]) -> list[tuple[str, int]]:
         """(key, index) of the routes to shift."""
         names = [route.get("name") if isinstance(route, dict) else None for route in routes]
-        one, several = self.routes_words
+        one, several = self.layout.routes_word, f"{self.layout.routes_word}s"
+        route_word = self.layout.route_word
         if self.routes is None:
             sides = (self.canary, self.stable)
             selected = [
-                (names[i] or f"{self.spec_key}[{i}]", i)
+                (names[i] or f"{self.layout.spec_key}[{i}]", i)
                 for i, route in enumerate(routes)
                 if isinstance(route, dict)
                 and any(
                     self._is_side(side, entry)
-                    for entry in route.get(self.entries_key) or []
+                    for entry in route.get(self.layout.entries_key) or []
                     for side in sides
                 )
             ]
@@ -166,13 +175,12 @@ class RouterTarget(BaseModel):
             indexes = [i for i, candidate in enumerate(names) if candidate == name]
             if not indexes:
                 raise Failed(
-                    f"{self.route_word} {name!r} not found in {self.kind} {self.ref} "
+                    f"{route_word} {name!r} not found in {self.kind} {self.ref} "
                     f"({several}: {known})"
                 )
-            if len(indexes) > 1 and not self.unique_names:
-                raise Failed(
-                    f"{self.route_word} name {name!r} is used by several {several} of {self.ref}"
-                )
+            if len(indexes) > 1 and not self.layout.unique_names:
+                used = f"is used by several {several} of {self.ref}"
+                raise Failed(f"{route_word} name {name!r} {used}")
             selected.append((name, indexes[0]))
         return selected
 
