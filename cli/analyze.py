@@ -15,6 +15,7 @@ from cli.output import (
     SpecArgs,
     build_spec,
     emit_json,
+    html_option,
     make_source,
     num,
     output_option,
@@ -33,13 +34,7 @@ from cli.output import (
 @spec_options
 @source_options
 @click.option("--end", "-e", default=None, help="End of the window: RFC 3339, -10m, now.")
-@click.option(
-    "--html",
-    "html_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the analysis page (as the service shows it) to this file.",
-)
+@html_option("Also write the analysis page (as the service shows it) to this file.")
 @output_option
 def analyze(
     spec_args: SpecArgs,

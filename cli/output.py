@@ -153,6 +153,13 @@ output_option = click.option(
 )
 
 
+def html_option(help_text: str) -> Callable[[F], F]:
+    """`--html FILE`: write an analysis page as the service shows it (what page: `help_text`)."""
+    return click.option(
+        "--html", "html_file", type=click.Path(dir_okay=False), default=None, help=help_text
+    )
+
+
 # --- spec and source ----------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from cli.output import (
     build_spec,
     emit_json,
     hhmm,
+    html_option,
     make_source,
     num,
     output_option,
@@ -360,13 +361,7 @@ EXIT_OF_PHASE = {"Successful": 0, "Running": 0, "Failed": 1, "Error": 1, "Inconc
     is_flag=True,
     help="Judge each point's window on its own instead of as the live service's sequence.",
 )
-@click.option(
-    "--html",
-    "html_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the analysis page of the measurement Argo ended on (or the last).",
-)
+@html_option("Write the analysis page of the measurement Argo ended on (or the last).")
 @output_option
 def replay(
     spec_args: SpecArgs,

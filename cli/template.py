@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -15,40 +16,46 @@ DEFAULT_URL = "http://rollout-analyzer.rollout-analyzer.svc:8080"
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
-def build_template(
-    *,
-    service: str,
-    namespace: str | None,
-    policy: str,
-    url: str,
-    name: str,
-    cluster: bool,
-    secret_name: str,
-    secret_key: str,
-    interval: str,
-    count: int,
-    initial_delay: str,
-    failure_limit: int,
-    inconclusive_limit: int,
-    consecutive_error_limit: int,
-    timeout_seconds: int,
-    window: str | None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TemplateSettings:
+    """What the template says: the command's options, checked, and the template's name."""
+
+    service: str
+    namespace: str | None
+    policy: str
+    url: str
+    name: str
+    cluster: bool
+    secret_name: str
+    secret_key: str
+    interval: str
+    count: int
+    initial_delay: str
+    failure_limit: int
+    inconclusive_limit: int
+    consecutive_error_limit: int
+    timeout_seconds: int
+    window: str | None
+
+
+def build_template(settings: TemplateSettings) -> dict[str, Any]:
     """The template as a Kubernetes object (a dict ready for YAML)."""
     args: list[dict[str, Any]] = [
-        {"name": "service", "value": service},
-        {"name": "rollout", "value": service},
+        {"name": "service", "value": settings.service},
+        {"name": "rollout", "value": settings.service},
         {"name": "canary-hash"},
         {"name": "stable-hash"},
-        {"name": "policy", "value": policy},
+        {"name": "policy", "value": settings.policy},
         {
             "name": "api-token",
-            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
+            "valueFrom": {
+                "secretKeyRef": {"name": settings.secret_name, "key": settings.secret_key}
+            },
         },
     ]
     body: dict[str, str] = {"service": "{{args.service}}"}
-    if namespace is not None:
-        args.insert(1, {"name": "namespace", "value": namespace})
+    if settings.namespace is not None:
+        args.insert(1, {"name": "namespace", "value": settings.namespace})
         body["namespace"] = "{{args.namespace}}"
     body |= {
         "canary": "{{args.canary-hash}}",
@@ -56,35 +63,35 @@ def build_template(
         "rollout": "{{args.rollout}}",
         "policy": "{{args.policy}}",
     }
-    if window is not None:
-        body["window"] = window
+    if settings.window is not None:
+        body["window"] = settings.window
     metric = {
         "name": "canary-verdict",
-        "interval": interval,
-        "count": count,
-        "initialDelay": initial_delay,
-        "failureLimit": failure_limit,
-        "inconclusiveLimit": inconclusive_limit,
-        "consecutiveErrorLimit": consecutive_error_limit,
+        "interval": settings.interval,
+        "count": settings.count,
+        "initialDelay": settings.initial_delay,
+        "failureLimit": settings.failure_limit,
+        "inconclusiveLimit": settings.inconclusive_limit,
+        "consecutiveErrorLimit": settings.consecutive_error_limit,
         "successCondition": 'result == "pass"',
         "failureCondition": 'result == "fail"',
         "provider": {
             "web": {
                 "method": "POST",
-                "url": url.rstrip("/") + "/v1/analyze",
-                "timeoutSeconds": timeout_seconds,
+                "url": settings.url.rstrip("/") + "/v1/analyze",
+                "timeoutSeconds": settings.timeout_seconds,
                 "headers": [{"key": "Authorization", "value": "Bearer {{args.api-token}}"}],
                 "jsonBody": body,
                 "jsonPath": "{$.verdict}",
             }
         },
     }
-    metadata: dict[str, Any] = {"name": name}
-    if namespace is not None and not cluster:
-        metadata["namespace"] = namespace
+    metadata: dict[str, Any] = {"name": settings.name}
+    if settings.namespace is not None and not settings.cluster:
+        metadata["namespace"] = settings.namespace
     return {
         "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "ClusterAnalysisTemplate" if cluster else "AnalysisTemplate",
+        "kind": "ClusterAnalysisTemplate" if settings.cluster else "AnalysisTemplate",
         "metadata": metadata,
         "spec": {"args": args, "metrics": [metric]},
     }
@@ -130,25 +137,7 @@ def _positive(name: str, value: int, minimum: int = 0) -> int:
 @click.option("--consecutive-error-limit", default=6, show_default=True, type=int)
 @click.option("--timeout-seconds", default=10, show_default=True, type=int)
 @click.option("--window", default=None, help="Analysis window [default: the policy's].")
-def template(
-    service: str,
-    namespace: str | None,
-    policy: str,
-    policies_file: str | None,
-    url: str,
-    name: str | None,
-    cluster: bool,
-    secret_name: str,
-    secret_key: str,
-    interval: str,
-    count: int,
-    initial_delay: str,
-    failure_limit: int,
-    inconclusive_limit: int,
-    consecutive_error_limit: int,
-    timeout_seconds: int,
-    window: str | None,
-) -> None:
+def template(policies_file: str | None, name: str | None, **options: Any) -> None:
     """Print an AnalysisTemplate that asks rollout-analyzer for a verdict on a service.
 
     \b
@@ -156,47 +145,36 @@ def template(
       rollout-analyzer template --service checkout --namespace shop --policy default \\
         --url http://rollout-analyzer.rollout-analyzer.svc:8080 > checkout-analysis.yaml
     """
-    if not re.match(LABEL_VALUE_PATTERN, service):
-        raise CliError(f"--service {service!r}: letters, digits and ._:/@+=- only")
-    template_name = name or f"{service}-analysis"
-    if not K8S_NAME.match(template_name):
-        raise CliError(f"template name {template_name!r} is not a Kubernetes name; pass --name")
+    settings = TemplateSettings(name=name or f"{options['service']}-analysis", **options)
+    _check(settings, policies_file)
+    rendered = build_template(settings)
+    click.echo(header(rendered) + yaml.safe_dump(rendered, sort_keys=False, width=100), nl=False)
+
+
+def _check(settings: TemplateSettings, policies_file: str | None) -> None:
+    """Refuse, naming the option, what Argo or the service would refuse later."""
+    if not re.match(LABEL_VALUE_PATTERN, settings.service):
+        raise CliError(f"--service {settings.service!r}: letters, digits and ._:/@+=- only")
+    if not K8S_NAME.match(settings.name):
+        raise CliError(f"template name {settings.name!r} is not a Kubernetes name; pass --name")
     policies = load_policies(policies_file)
-    if policies.get(policy) is None:
-        raise CliError(f"unknown policy {policy!r}; known: {', '.join(policies.names())}")
-    parse_duration_option("--interval", interval)
-    if initial_delay.strip("0smh"):  # "0s" (no delay) is fine for Argo
-        parse_duration_option("--initial-delay", initial_delay)
-    if window is not None:
-        parse_duration_option("--window", window)
-    if not url.startswith(("http://", "https://")):
-        raise CliError(f"--url {url!r}: expected http://host[:port] or https://…")
-    _positive("--count", count, 1)
+    if policies.get(settings.policy) is None:
+        known = ", ".join(policies.names())
+        raise CliError(f"unknown policy {settings.policy!r}; known: {known}")
+    parse_duration_option("--interval", settings.interval)
+    if settings.initial_delay.strip("0smh"):  # "0s" (no delay) is fine for Argo
+        parse_duration_option("--initial-delay", settings.initial_delay)
+    if settings.window is not None:
+        parse_duration_option("--window", settings.window)
+    if not settings.url.startswith(("http://", "https://")):
+        raise CliError(f"--url {settings.url!r}: expected http://host[:port] or https://…")
+    _positive("--count", settings.count, 1)
     for option, value in (
-        ("--failure-limit", failure_limit),
-        ("--inconclusive-limit", inconclusive_limit),
-        ("--consecutive-error-limit", consecutive_error_limit),
+        ("--failure-limit", settings.failure_limit),
+        ("--inconclusive-limit", settings.inconclusive_limit),
+        ("--consecutive-error-limit", settings.consecutive_error_limit),
     ):
         _positive(option, value)
-    if count < max(failure_limit, inconclusive_limit):
+    if settings.count < max(settings.failure_limit, settings.inconclusive_limit):
         raise CliError("--count must be at least --failure-limit and --inconclusive-limit (Argo)")
-    _positive("--timeout-seconds", timeout_seconds, 1)
-    rendered = build_template(
-        service=service,
-        namespace=namespace,
-        policy=policy,
-        url=url,
-        name=template_name,
-        cluster=cluster,
-        secret_name=secret_name,
-        secret_key=secret_key,
-        interval=interval,
-        count=count,
-        initial_delay=initial_delay,
-        failure_limit=failure_limit,
-        inconclusive_limit=inconclusive_limit,
-        consecutive_error_limit=consecutive_error_limit,
-        timeout_seconds=timeout_seconds,
-        window=window,
-    )
-    click.echo(header(rendered) + yaml.safe_dump(rendered, sort_keys=False, width=100), nl=False)
+    _positive("--timeout-seconds", settings.timeout_seconds, 1)

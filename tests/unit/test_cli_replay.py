@@ -9,7 +9,7 @@ import yaml
 
 from cli.output import CliError
 from cli.replay import ArgoLimits, assess, read_template, replay_times
-from cli.template import build_template
+from cli.template import TemplateSettings, build_template
 from tests.support import argo
 
 S, F, N, E = "Successful", "Failed", "Inconclusive", "Error"  # N: iNconclusive
@@ -111,7 +111,7 @@ def _template_yaml(**changes: object) -> str:
         window=None,
     )
     values.update(changes)
-    return yaml.safe_dump(build_template(**values))  # type: ignore[arg-type]
+    return yaml.safe_dump(build_template(TemplateSettings(**values)))  # type: ignore[arg-type]
 
 
 def test_read_template_takes_limits_interval_and_delay():
