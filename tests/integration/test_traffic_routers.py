@@ -1,9 +1,10 @@
-"""What every router does the same, run on each (tests/support/traffic_routers.py): conflicts,
-409 forever, 403, 404, dry run, the step-up cap, an unanswered or refused PATCH, schema validity.
+"""What every router does the same, run on each (tests/support/traffic_routers.py): the patch of
+a named route and what it leaves untouched, every route, conflicts, 409 forever, 403, 404, dry
+run, the step-up cap, an unanswered or refused PATCH, schema validity.
 
 Each case goes through the real `kubernetes` client against the API emulator, which validates
-every stored object against the router's CRD schema. What differs between the routers (which
-entries a patch tests, default weights, other backends) is in test_traffic_istio.py and
+every stored object against the router's CRD schema. What differs between the routers (other
+backends, default weights, the policy YAML) is in test_traffic_istio.py and
 test_traffic_gateway_api.py.
 """
 
@@ -26,6 +27,7 @@ from tests.support.traffic_routers import (
     canonical,
     kube_client,
     patches,
+    without_versioning,
 )
 from worker.traffic import rollback, shift_traffic, step_up
 
@@ -46,6 +48,94 @@ def emulator(router: RouterCase) -> Iterator[K8sEmulator]:
 def api(emulator: K8sEmulator, tmp_path: Path) -> Iterator[client.ApiClient]:
     with kube_client(emulator, tmp_path) as api_client:
         yield api_client
+
+
+def test_rollback_of_a_named_route_moves_only_its_weights_and_keeps_the_sum(
+    router: RouterCase, emulator: K8sEmulator, api: client.ApiClient
+) -> None:
+    before = router.stored(emulator)
+
+    record = rollback(api, router.target())
+
+    after = router.stored(emulator)
+    assert record.status == "applied", record.reason
+    assert (record.type, record.target, record.routes) == (
+        "traffic.rollback",
+        "shop/reviews",
+        ["primary"],
+    )
+    assert record.from_weights == {"primary": router.share(router.primary_canary)}
+    assert record.to_weights == {"primary": router.share(0)}
+    assert record.attempts == 1
+    assert record.time.endswith("Z")
+    assert router.weights(after, "primary") == router.share(0)
+    # The header route Argo pins to the canary is not ours when routes are named.
+    assert router.weights(after, "canary-by-header") == router.share(100)
+    assert int(after["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+
+    [request] = patches(emulator)
+    assert request.content_type == "application/json-patch+json"
+    assert request.json() == record.patch
+    ops = record.patch
+    assert ops[0] == {
+        "op": "test",
+        "path": "/metadata/resourceVersion",
+        "value": before["metadata"]["resourceVersion"],
+    }
+    first_write = next(i for i, op in enumerate(ops) if op["op"] != "test")
+    assert all(op["op"] == "test" for op in ops[:first_write])
+    primary = f"/spec/{router.spec_key}/1/{router.entries_key}"  # stable at 0, canary at 1
+    assert {(op["op"], op["path"], op["value"]) for op in ops[first_write:]} == {
+        ("replace", f"{primary}/0/weight", router.total),
+        ("replace", f"{primary}/1/weight", 0),
+    }
+    # Each entry is identified before it is written: a reordered list fails the patch.
+    assert router.canary_identity in ops
+    start = router.share(router.primary_canary)
+    assert {"op": "test", "path": f"{primary}/1/weight", "value": start["canary"]} in ops
+    assert {"op": "test", "path": f"{primary}/0/weight", "value": start["stable"]} in ops
+
+
+def test_everything_but_the_weights_stays_byte_for_byte_identical(
+    router: RouterCase, emulator: K8sEmulator, api: client.ApiClient
+) -> None:
+    before = router.stored(emulator)
+    others = ("canary-by-header", "admin", "argo-header-canary")
+    untouched = {name: canonical(router.route(before, name)) for name in others}
+
+    assert rollback(api, router.target()).status == "applied"
+
+    after = router.stored(emulator)
+    assert {name: canonical(router.route(after, name)) for name in others} == untouched
+    assert canonical(router.outside_routes(after)) == canonical(router.outside_routes(before))
+    expected = without_versioning(before)
+    entries = router.route(expected, "primary")[router.entries_key]
+    entries[0]["weight"], entries[1]["weight"] = router.total, 0
+    assert canonical(without_versioning(after)) == canonical(expected)
+
+
+def test_rollback_of_all_routes_covers_every_route_with_the_canary_or_stable(
+    router: RouterCase, emulator: K8sEmulator, api: client.ApiClient
+) -> None:
+    before = router.stored(emulator)
+
+    record = rollback(api, router.target(routes=None))
+
+    after = router.stored(emulator)
+    assert record.status == "applied", record.reason
+    assert record.routes == ["canary-by-header", "primary"]
+    assert record.to_weights == {"canary-by-header": router.share(0), "primary": router.share(0)}
+    assert router.weights(after, "canary-by-header") == router.share(0)
+    assert router.weights(after, "primary") == router.share(0)
+    # A route to another service (and Istio's TCP routes) are not the canary's http traffic.
+    assert canonical(router.route(after, "admin")) == canonical(router.route(before, "admin"))
+    assert canonical(router.outside_routes(after)) == canonical(router.outside_routes(before))
+    assert len(patches(emulator)) == 1  # both routes in one atomic patch
+    # A canary-only route has no weights to move: left alone, and said so.
+    assert record.reason == router.left_alone_reason
+    argo_route = router.route(after, "argo-header-canary")
+    assert canonical(argo_route) == canonical(router.route(before, "argo-header-canary"))
 
 
 def test_a_named_route_without_a_stable_side_fails(

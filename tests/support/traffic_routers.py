@@ -58,6 +58,8 @@ class RouterCase:
     absent_canary: Any  # a canary side the object does not hold
     absent_canary_words: str  # how a failed record names it
     no_stable_reason: str  # the reason when the named canary-only route is asked for
+    left_alone_reason: str  # the note when every route is asked for (the canary-only one)
+    canary_identity: dict[str, Any]  # the patch's `test` that the primary's canary is still it
 
     @property
     def kind(self) -> str:
@@ -82,6 +84,10 @@ class RouterCase:
     @property
     def entries_key(self) -> str:
         return self.target_class.layout.entries_key
+
+    @property
+    def spec_key(self) -> str:
+        return self.target_class.layout.spec_key
 
     @property
     def path(self) -> str:
@@ -112,8 +118,7 @@ class RouterCase:
 
     def route(self, obj: dict[str, Any], name: str) -> dict[str, Any]:
         """The object's route (http route, rule) of that name."""
-        spec_key = self.target_class.layout.spec_key
-        return next(r for r in obj["spec"][spec_key] if r.get("name") == name)
+        return next(r for r in obj["spec"][self.spec_key] if r.get("name") == name)
 
     def weights(self, obj: dict[str, Any], name: str) -> dict[str, int]:
         """The canary and stable weights of a route."""
@@ -126,6 +131,10 @@ class RouterCase:
             for entry in self.route(obj, name)[self.entries_key]
         }
         return {"canary": by_side["canary"], "stable": by_side["stable"]}
+
+    def outside_routes(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object's spec but its http routes / rules (Istio: hosts, gateways, tcp...)."""
+        return {key: value for key, value in obj["spec"].items() if key != self.spec_key}
 
     def share(self, canary_percent: int) -> dict[str, int]:
         """Weights of "primary" when the canary has that share (no other backend)."""
@@ -175,6 +184,14 @@ ISTIO = RouterCase(
         "route 'argo-header-canary' has no stable destination reviews/stable in VirtualService "
         "shop/reviews"
     ),
+    left_alone_reason=(
+        "left alone: route 'argo-header-canary' has no stable destination reviews/stable"
+    ),
+    canary_identity={
+        "op": "test",
+        "path": "/spec/http/1/route/1/destination",
+        "value": {"host": "reviews", "subset": "canary", "port": {"number": 9080}},
+    },
 )
 
 GATEWAY_API = RouterCase(
@@ -196,6 +213,14 @@ GATEWAY_API = RouterCase(
         "rule 'argo-header-canary' has no stable backend reviews-stable:9080 in HTTPRoute "
         "shop/reviews"
     ),
+    left_alone_reason=(
+        "left alone: rule 'argo-header-canary' has no stable backend reviews-stable:9080"
+    ),
+    canary_identity={
+        "op": "test",
+        "path": "/spec/rules/1/backendRefs/1/name",
+        "value": "reviews-canary",
+    },
 )
 
 ROUTERS = (ISTIO, GATEWAY_API)
