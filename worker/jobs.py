@@ -113,18 +113,22 @@ def execute(
     sequences: SequenceStore | None = None,
 ) -> str:
     """Compute and record one analysis; returns what happened (started/done/taken/…)."""
-    state = store.start(analysis_id, worker, lease_seconds)
+    state, found = store.begin(analysis_id, worker, lease_seconds)
+    record = found or {}
     tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
     if state != "started":
         log.info("analysis skipped", extra={"analysis_id": analysis_id, "state": state})
-        if state == "done" and after is not None:
+        result = record.get("result")
+        if (
+            state == "done"
+            and after is not None
+            and isinstance(result, dict)
+            and "verdict" in result
+        ):
             # A redelivery after the follow-up may have been cut short: offer it again;
             # the follow-up is idempotent per event and step.
-            done = store.record(analysis_id) or {}
-            if isinstance(done.get("result"), dict) and "verdict" in done["result"]:
-                after(done["result"])
+            after(result)
         return state
-    record = store.record(analysis_id) or {}
     queued_at = float(record.get("queued_at", time.time()))
     started = time.time()
     deadline = time.monotonic() + budget_seconds

@@ -72,13 +72,16 @@ return {new_id, 'new'}
 
 START = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'done' or status == 'superseded' or status == 'error' then return status end
+if not status then return {'missing'} end
+-- A done analysis comes back with its record (a redelivery offers its follow-up again).
+if status == 'done' then return {status, redis.call('HGETALL', KEYS[1])} end
+if status == 'superseded' or status == 'error' then return {status} end
 local holder = redis.call('GET', KEYS[2])
-if status == 'running' and holder and holder ~= ARGV[1] then return 'taken' end
+if status == 'running' and holder and holder ~= ARGV[1] then return {'taken'} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 'started'
+-- The worker needs the spec next: it comes with the answer, no second round trip.
+return {'started', redis.call('HGETALL', KEYS[1])}
 """
 
 RENEW = """
@@ -207,9 +210,21 @@ class Store:
         return decode_record(self.redis.hgetall(self.keys.record(analysis_id)))
 
     def start(self, analysis_id: str, worker: str, lease_seconds: float) -> str:
+        return self.begin(analysis_id, worker, lease_seconds)[0]
+
+    def begin(
+        self, analysis_id: str, worker: str, lease_seconds: float
+    ) -> tuple[str, dict[str, Any] | None]:
+        """START: (started | done | taken | superseded | error | missing, the record when
+        started or done) in one round trip."""
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args = [worker, int(lease_seconds * 1000), time.time()]
-        return _text(self._start(keys=keys, args=args))
+        reply = self._start(keys=keys, args=args)
+        state = _text(reply[0])
+        if len(reply) < 2:
+            return state, None
+        flat = reply[1]
+        return state, decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def renew(self, analysis_id: str, worker: str, lease_seconds: float) -> bool:
         """True while `worker` holds the analysis; False once it lost it (stop, record nothing)."""

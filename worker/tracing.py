@@ -5,9 +5,9 @@ of the SDK or the exporters is imported, no thread starts and every helper here 
 
 One trace per analysis: the webhook's HTTP server span (FastAPI's own; the caller's W3C
 `traceparent` is its parent when given) → one consumer span per Celery task (the context rides
-in the message headers) → a client span per PromQL round trip (requests instrumentation, the
-query attached by a hook), a span for the statistics, one per traffic action and one per chat
-delivery. `analysis/` stays free of OpenTelemetry: it uses `requests`, which is instrumented.
+in the message headers) → a client span per PromQL round trip (our Prometheus client's request hook,
+analysis/sources/prometheus_http.py), a span for the statistics, one per traffic action and one
+per chat delivery. `analysis/` stays free of OpenTelemetry: the hook is set from here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -34,7 +34,6 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_
 # A PromQL expression can be kilobytes long; enough of it to recognise the query.
 MAX_QUERY_CHARS = 1024
 MAX_URL_CHARS = 2048
-PROMQL_PATHS = ("/api/v1/query", "/api/v1/query_range")
 TRACER_NAME = "rollout_analyzer"
 
 _tracer: Tracer | None = None
@@ -98,7 +97,7 @@ def _install(component: str) -> Tracer:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(_exporter()))
     trace.set_tracer_provider(provider)
-    _instrument_requests(provider)
+    _trace_promql(provider)
     _connect_celery()
     return provider.get_tracer(TRACER_NAME, "0.1.0")
 
@@ -342,35 +341,47 @@ def webhook_telemetry() -> dict[str, Any]:
 
 
 # --- PromQL round trips -----------------------------------------------------------------------
-def _instrument_requests(provider: Any) -> None:
-    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+def _trace_promql(provider: Any) -> None:
+    from analysis.sources.prometheus_http import observe_requests
 
-    RequestsInstrumentor().instrument(tracer_provider=provider, request_hook=_promql_hook)
+    tracer = provider.get_tracer(TRACER_NAME, "0.1.0")
+    observe_requests(lambda *call: _promql_span(tracer, *call))
 
 
-def _promql_hook(span: Span, request: Any) -> None:
-    """Name PromQL calls by their endpoint and attach the (capped) query; keep url.full short."""
-    url = str(getattr(request, "url", "") or "")
+@contextmanager
+def _promql_span(
+    tracer: Tracer, method: str, url: str, query: str, headers: dict[str, str]
+) -> Iterator[Any]:
+    """A client span per PromQL round trip, named by its endpoint, with the (capped) query;
+    its context goes along in the request headers (a traced Prometheus joins the trace)."""
+    from opentelemetry import propagate
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
     parts = urlsplit(url)
-    if len(url) > MAX_URL_CHARS:
-        span.set_attribute("url.full", url[:MAX_URL_CHARS])
-    if not parts.path.endswith(PROMQL_PATHS):
-        return
     template = "/api/v1/query_range" if parts.path.endswith("query_range") else "/api/v1/query"
-    params = parse_qs(parts.query)
-    body = getattr(request, "body", None)
-    if "query" not in params and isinstance(body, str | bytes):
-        params = parse_qs(body.decode() if isinstance(body, bytes) else body)
-    query = (params.get("query") or [""])[0]
-    span.update_name(f"{request.method} {template}")
-    span.set_attributes(
-        {
-            "url.template": template,
-            "db.system.name": "prometheus",
-            "db.query.text": query[:MAX_QUERY_CHARS],
-            "db.query.length": len(query),
-        }
-    )
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.full": url[:MAX_URL_CHARS],
+        "url.template": template,
+        "server.address": parts.hostname or "",
+        "db.system.name": "prometheus",
+        "db.query.text": query[:MAX_QUERY_CHARS],
+        "db.query.length": len(query),
+    }
+    if parts.port:
+        attributes["server.port"] = parts.port
+    with tracer.start_as_current_span(
+        f"{method} {template}", kind=SpanKind.CLIENT, attributes=attributes
+    ) as span:
+        propagate.inject(headers)
+
+        def answered(status: int) -> None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                span.set_status(Status(StatusCode.ERROR))
+                span.set_attribute("error.type", str(status))
+
+        yield answered
 
 
 # --- Celery: the context in the message headers, a consumer span per task ---------------------

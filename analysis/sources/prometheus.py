@@ -1,23 +1,27 @@
-"""Prometheus through prometheus-api-client, with retries that never outlive the caller's budget."""
+"""Prometheus as a metrics source, with retries that never outlive the caller's budget."""
 
 from __future__ import annotations
 
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
-from urllib3.util.retry import Retry
 
 from analysis.observation import Observation
 from analysis.queries import build_query, parse_vector, split_samples
 from analysis.request import AnalysisSpec
 from analysis.sources import SourceError
+from analysis.sources.prometheus_http import (
+    PrometheusAPIError,
+    PrometheusHTTP,
+    PrometheusHTTPError,
+    TLSError,
+    TransportError,
+)
+
+__all__ = ["PrometheusConfig", "PrometheusHTTPError", "PrometheusSource"]
 
 
 @dataclass(frozen=True)
@@ -33,21 +37,8 @@ class PrometheusConfig:
     query_timeout_seconds: float = 5.0
     max_attempts: int = 3
 
-    @property
-    def verify(self) -> bool | str:
-        """requests' `verify`: no check when insecure, else our CA bundle or the system's."""
-        if self.insecure:
-            return False
-        return self.ca_file or True
-
-    @property
-    def cert(self) -> str | tuple[str, str] | None:
-        if not self.cert_file:
-            return None
-        return (self.cert_file, self.key_file) if self.key_file else self.cert_file
-
     def ssl_context(self) -> ssl.SSLContext:
-        """The same TLS settings for clients that take an SSLContext (httpx, the doctor)."""
+        """Our TLS settings for every client (the PromQL pool, httpx, the doctor)."""
         context = ssl.create_default_context(cafile=self.ca_file)
         if self.insecure:
             context.check_hostname = False
@@ -57,27 +48,12 @@ class PrometheusConfig:
         return context
 
 
-class PrometheusHTTPError(Exception):
-    """A non-200 answer, with its status code (raised from the session's response hook)."""
-
-    def __init__(self, status_code: int, body: bytes) -> None:
-        super().__init__(f"HTTP {status_code}: {body[:300].decode('utf-8', 'replace')}")
-        self.status_code = status_code
-
-
 class _Retryable(Exception):
     pass
 
 
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, _Retryable)
-
-
-def _raise_for_status(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    # Runs inside requests before prometheus-api-client sees the answer, so the status code
-    # reaches us as a number instead of inside its exception's text.
-    if response.status_code != 200:
-        raise PrometheusHTTPError(response.status_code, response.content)
 
 
 def _server_timeout(seconds: float) -> str:
@@ -91,22 +67,8 @@ class PrometheusSource:
 
     def __init__(self, config: PrometheusConfig) -> None:
         self.config = config
-        session = requests.Session()
-        # prometheus-api-client ignores `disable_ssl` when given a session: TLS is set here.
-        session.verify = config.verify
-        session.cert = config.cert
-        session.hooks["response"].append(_raise_for_status)
-        headers = {"Authorization": f"Bearer {config.token}"} if config.token else None
-        auth = (config.username, config.password or "") if config.username else None
-        # Our own retries (tenacity, deadline-bound) replace urllib3's, which know no deadline.
-        self._client = PrometheusConnect(
-            url=config.url.rstrip("/"),
-            headers=headers,
-            disable_ssl=config.insecure,
-            retry=Retry(total=0, status_forcelist=[], raise_on_status=False),
-            auth=auth,
-            session=session,
-        )
+        # Our own retries (tenacity, deadline-bound); urllib3's know no deadline and are off.
+        self._http = PrometheusHTTP(config)
 
     def _call(self, what: str, deadline: float | None, fn: Any) -> Any:
         def stop(state: RetryCallState) -> bool:
@@ -129,12 +91,12 @@ class PrometheusSource:
                 if exc.status_code >= 500 or exc.status_code == 429:
                     raise _Retryable(str(exc)) from exc
                 raise SourceError(f"{what} was rejected by Prometheus: {exc}") from exc
-            except PrometheusApiClientException as exc:  # pragma: no cover - the hook raises first
+            except PrometheusAPIError as exc:
                 raise SourceError(f"{what} failed: {str(exc)[:300]}") from exc
-            except requests.exceptions.SSLError as exc:
+            except TLSError as exc:
                 # A certificate problem does not heal by retrying.
                 raise SourceError(f"{what}: TLS error talking to Prometheus: {exc}") from exc
-            except requests.RequestException as exc:
+            except (TransportError, OSError) as exc:
                 raise _Retryable(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
         try:
@@ -162,8 +124,10 @@ class PrometheusSource:
         series = self._call(
             "the analysis query",
             deadline,
-            lambda t: self._client.custom_query(
-                query.expr, params={"time": end, "timeout": _server_timeout(t)}, timeout=t
+            lambda t: self._http.query(
+                "/api/v1/query",
+                {"query": query.expr, "time": end, "timeout": _server_timeout(t)},
+                t,
             ),
         )
         canary, baseline = parse_vector(query, series)
@@ -176,7 +140,7 @@ class PrometheusSource:
         series = self._call(
             "the query",
             deadline,
-            lambda t: self._client.custom_query(expr, params={"time": at}, timeout=t),
+            lambda t: self._http.query("/api/v1/query", {"query": expr, "time": at}, t),
         )
         return [(s["metric"], float(s["value"][1])) for s in series]
 
@@ -194,17 +158,14 @@ class PrometheusSource:
         range_timeout = max(self.config.query_timeout_seconds, 30.0)
 
         def fetch(timeout: float) -> Any:
-            # The library rounds datetimes to whole seconds; our params (exact unix seconds)
-            # take precedence over the ones it builds.
-            exact = {"start": start, "end": end, "timeout": _server_timeout(range_timeout)}
-            return self._client.custom_query_range(
-                query.expr,
-                start_time=datetime.fromtimestamp(start, UTC),
-                end_time=datetime.fromtimestamp(end, UTC),
-                step=str(step),
-                params=exact,
-                timeout=range_timeout,
-            )
+            fields = {
+                "query": query.expr,
+                "start": start,
+                "end": end,
+                "step": step,
+                "timeout": _server_timeout(range_timeout),
+            }
+            return self._http.query("/api/v1/query_range", fields, range_timeout)
 
         matrix = self._call("the replay range query", None, fetch)
         by_time: dict[float, list[tuple[dict[str, str], float]]] = {}

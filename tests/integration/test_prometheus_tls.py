@@ -133,6 +133,7 @@ def test_one_round_trip_with_prometheus_timeout_and_exact_range_bounds(prometheu
     source = PrometheusSource(PrometheusConfig(url=plain.url, query_timeout_seconds=4))
     source.observe(spec(prometheus), time.time() - 120, deadline=time.monotonic() + 2)
     (instant,) = plain.requests
+    assert plain.methods == ["POST"]  # the query as a form: nothing to encode into the URL
     assert instant.startswith("/api/v1/query?") and "timeout=" in instant
     timeout = float(instant.split("timeout=", 1)[1].split("&", 1)[0])
     assert 0 < timeout <= 2  # the caller's deadline, not more
@@ -144,3 +145,24 @@ def test_one_round_trip_with_prometheus_timeout_and_exact_range_bounds(prometheu
     assert ranged.startswith("/api/v1/query_range?") and "timeout=" in ranged
     assert f"start={start}" in ranged  # not rounded to whole seconds
     assert points[0].round_trips == 1 and sum(p.round_trips for p in points) == 1
+
+
+def test_a_server_that_refuses_post_is_asked_with_get(prometheus, plain):
+    """Some read-only proxies answer 405 to a POST: the source asks again with GET, and keeps to
+    GET afterwards (Prometheus' own Go client falls back the same way)."""
+    plain.faults.refuse_post = True
+    source = PrometheusSource(PrometheusConfig(url=plain.url, max_attempts=1))
+    first = source.observe(spec(prometheus), time.time() - 120)
+    second = source.observe(spec(prometheus), time.time() - 120)
+    assert plain.methods == ["POST", "GET", "GET"]
+    assert first.canary.total > 0 and second.canary.total == first.canary.total
+    assert plain.requests[1].startswith("/api/v1/query?query=") and "timeout=" in plain.requests[1]
+
+
+def test_a_200_that_is_not_a_prometheus_answer_is_an_error_not_a_verdict(prometheus, plain):
+    plain.faults.body = b"<html>login page</html>"
+    source = PrometheusSource(PrometheusConfig(url=plain.url, max_attempts=3))
+    with pytest.raises(SourceError) as failed:
+        source.observe(spec(prometheus), time.time() - 120)
+    assert "unexpected answer" in str(failed.value)
+    assert len(plain.requests) == 1  # not retried: the same page would come back

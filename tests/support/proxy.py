@@ -19,6 +19,7 @@ class Faults:
     body: bytes | None = None  # answer 200 with this body instead of forwarding
     # Rewrite the upstream's answer (e.g. drop series: partial data).
     transform: Callable[[bytes], bytes] | None = None
+    refuse_post: bool = False  # answer 405 to a POST, as some read-only proxies do
 
 
 class FaultyProxy:
@@ -27,7 +28,9 @@ class FaultyProxy:
     def __init__(self, upstream: str, tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults = Faults()
+        # Each request as path?parameters, whether sent in the URL (GET) or as a form (POST).
         self.requests: list[str] = []
+        self.methods: list[str] = []
         self.headers: list[dict[str, str]] = []
         proxy = self
 
@@ -43,9 +46,21 @@ class FaultyProxy:
                 self._forward(self.rfile.read(length))
 
             def _forward(self, body: bytes | None) -> None:
-                proxy.requests.append(self.path)
+                form = (
+                    body.decode()
+                    if body
+                    and self.headers.get("Content-Type", "").startswith(
+                        "application/x-www-form-urlencoded"
+                    )
+                    else ""
+                )
+                proxy.requests.append(f"{self.path}?{form}" if form else self.path)
+                proxy.methods.append(self.command)
                 proxy.headers.append(dict(self.headers.items()))
                 faults = proxy.faults
+                if faults.refuse_post and self.command == "POST":
+                    self._answer(405, b"method not allowed")
+                    return
                 if faults.delay_seconds:
                     time.sleep(faults.delay_seconds)
                 if faults.status is not None:
