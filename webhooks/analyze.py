@@ -119,13 +119,14 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
     except RequestError as exc:
         return error(422, exc.field, exc.message)
     try:
-        claim = await claim_and_enqueue(ctx, spec)
-        if claim is None:
+        claimed = await claim_and_enqueue(ctx, spec)
+        if claimed is None:
             return error(503, "queue", "the task queue is unreachable; retry later")
+        claim, expected = claimed
         record = claim.record
         if record is None:
             remaining = ctx.settings.wait_seconds - (time.monotonic() - arrived)
-            record = await ctx.waiter.wait(claim.analysis_id, max(0.0, remaining))
+            record = await ctx.waiter.wait(claim.analysis_id, max(0.0, remaining), expected)
     except STORE_ERRORS as exc:
         ctx.metrics.store_errors.inc()
         log.warning("store unavailable", extra={"error": str(exc)[:200]})
@@ -160,8 +161,11 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
     )
 
 
-async def claim_and_enqueue(ctx: WebhookContext, spec: AnalysisSpec) -> Claim | None:
-    """The analysis' claim; a new one is enqueued (None: the queue could not take it)."""
+async def claim_and_enqueue(
+    ctx: WebhookContext, spec: AnalysisSpec
+) -> tuple[Claim, asyncio.Future[dict[str, Any] | None] | None] | None:
+    """The analysis' claim, and for a new one (enqueued) the wait for its completion, begun
+    before the enqueue; None: the queue could not take it."""
     rt, settings = ctx.runtime, ctx.settings
     claim = await rt.store.claim(
         spec.identity(),
@@ -172,16 +176,18 @@ async def claim_and_enqueue(ctx: WebhookContext, spec: AnalysisSpec) -> Claim | 
     )
     if not claim.is_new:
         ctx.metrics.dedup_hits.inc()
-        return claim
+        return claim, None
+    expected = ctx.waiter.expect(claim.analysis_id)
     try:
         enqueued = rt.dispatcher.enqueue(ANALYZE_TASK, [claim.analysis_id])
         await asyncio.wait_for(enqueued, settings.wait_seconds / 2)
     except Exception as exc:
+        ctx.waiter.forget(claim.analysis_id, expected)
         await rt.store.abandon(spec.identity(), claim.analysis_id, "enqueue failed")
         ctx.metrics.store_errors.inc()
         log.warning("enqueue failed", extra={"error": str(exc)[:200]})
         return None
-    return claim
+    return claim, expected
 
 
 def describe_request(

@@ -1,7 +1,7 @@
 """Waiting for an analysis to finish: one pub/sub subscription per process, many waiters.
 
 A waiter registers before it checks the record, so a completion between the check and the
-wait is never missed. The completion message carries the outcome, so no second read follows;
+wait is never missed; one registered before its analysis is enqueued needs no check at all. The completion message carries the outcome, so no second read follows;
 a waiter also re-reads the record every second, in case a message was lost while Redis
 reconnected.
 """
@@ -87,28 +87,49 @@ class CompletionWaiter:
             if not future.done():
                 future.set_result(record)
 
-    async def wait(self, analysis_id: str, timeout: float) -> dict[str, Any] | None:
+    def expect(self, analysis_id: str) -> asyncio.Future[dict[str, Any] | None]:
+        """Listen for an analysis about to be enqueued: it cannot finish before this, so its
+        first wait needs no read of the record (pass the future to `wait`)."""
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(analysis_id, []).append(future)
+        return future
+
+    def forget(self, analysis_id: str, future: asyncio.Future[dict[str, Any] | None]) -> None:
+        waiting = self._waiters.get(analysis_id)
+        if waiting and future in waiting:
+            waiting.remove(future)
+            if not waiting:
+                del self._waiters[analysis_id]
+
+    async def wait(
+        self,
+        analysis_id: str,
+        timeout: float,
+        expected: asyncio.Future[dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any] | None:
         """The record once final, or the last record seen when time runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        record = None
+        record: dict[str, Any] | None = None
         while True:
-            future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-            self._waiters.setdefault(analysis_id, []).append(future)
+            if expected is not None:  # registered before the enqueue: nothing to read yet
+                future, expected = expected, None
+                fresh = True
+            else:
+                future = loop.create_future()
+                self._waiters.setdefault(analysis_id, []).append(future)
+                fresh = False
             try:
-                record = await self.store.record(analysis_id)
-                if record is None or record.get("status") in FINAL:
-                    return record
+                if not fresh:
+                    record = await self.store.record(analysis_id)
+                    if record is None or record.get("status") in FINAL:
+                        return record
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return record
+                    return record if not fresh else await self.store.record(analysis_id)
                 with contextlib.suppress(TimeoutError):
                     announced = await asyncio.wait_for(asyncio.shield(future), min(1.0, remaining))
                     if announced is not None and announced.get("status") in FINAL:
-                        return {**record, **announced}
+                        return {**(record or {}), **announced}
             finally:
-                waiting = self._waiters.get(analysis_id)
-                if waiting and future in waiting:
-                    waiting.remove(future)
-                    if not waiting:
-                        del self._waiters[analysis_id]
+                self.forget(analysis_id, future)

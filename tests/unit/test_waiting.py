@@ -124,3 +124,35 @@ def test_a_lost_completion_message_is_made_up_for_by_re_reading(url):
 
     record = with_waiter(url, body, listen=False)
     assert record["status"] == "done"
+
+
+def test_a_wait_begun_before_the_enqueue_reads_nothing(url):
+    """The webhook starts listening for a new analysis before it enqueues it: the answer then
+    comes from the completion message alone, with no read of the record."""
+    store, analysis_id = running_analysis(url)
+    kv = redis.Redis.from_url(url)
+    kv.config_resetstat()
+
+    async def body(waiter: CompletionWaiter, _: AsyncStore) -> dict[str, Any] | None:
+        expected = waiter.expect(analysis_id)
+        finish_later(store, analysis_id, 0.2)
+        return await waiter.wait(analysis_id, 5, expected)
+
+    record = with_waiter(url, body)
+    assert record == {"status": "done", "result": {"verdict": "pass"}}
+    reads = kv.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+    assert reads == 0
+
+
+def test_a_wait_begun_before_the_enqueue_still_reads_when_no_message_comes(url):
+    """No listener (Redis reconnecting): after its first second the waiter reads the record."""
+    store, analysis_id = running_analysis(url)
+
+    async def body(waiter: CompletionWaiter, _: AsyncStore) -> dict[str, Any] | None:
+        expected = waiter.expect(analysis_id)
+        finish_later(store, analysis_id, 0.2)
+        return await waiter.wait(analysis_id, 5, expected)
+
+    record = with_waiter(url, body, listen=False)
+    assert record is not None and record["status"] == "done"
+    assert record["result"] == {"verdict": "pass"}
