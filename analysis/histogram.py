@@ -16,16 +16,27 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 Bucket = tuple[float, float]
 """``(upper_bound_le, cumulative_count)``."""
 
 
-def _normalised(buckets: Sequence[Bucket]) -> list[tuple[float, float]]:
+def _normalised(buckets: Sequence[Bucket]) -> tuple[tuple[float, float], ...]:
     """Sorted, equal bounds coalesced, counts made monotonic: Prometheus 2.42's pre-processing."""
+    # One judgement asks it of the same two histograms ~20 times: computed once per histogram.
+    key = buckets if isinstance(buckets, tuple) else tuple(buckets)
+    try:
+        return _normalised_once(key)
+    except TypeError:  # unhashable pairs (lists): computed without the cache
+        return _normalised_once.__wrapped__(key)
+
+
+@lru_cache(maxsize=256)
+def _normalised_once(buckets: tuple[Bucket, ...]) -> tuple[tuple[float, float], ...]:
     ordered = sorted(((float(le), float(count)) for le, count in buckets), key=lambda b: b[0])
     if not ordered:
-        return []
+        return ()
     # coalesceBuckets: a running sum in sorted order. Go's sort is not stable, so with repeated
     # non-integer counts the last bit may depend on Prometheus' internal order; integers are exact.
     merged: list[list[float]] = [[ordered[0][0], ordered[0][1]]]
@@ -42,7 +53,7 @@ def _normalised(buckets: Sequence[Bucket]) -> list[tuple[float, float]]:
             running_max = entry[1]
         elif entry[1] < running_max:
             entry[1] = running_max
-    return [(le, count) for le, count in merged]
+    return tuple((le, count) for le, count in merged)
 
 
 def _go_sort_search(n: int, reached: Callable[[int], bool]) -> int:

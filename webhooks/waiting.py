@@ -1,9 +1,9 @@
 """Waiting for an analysis to finish: one pub/sub subscription per process, many waiters.
 
 A waiter registers before it checks the record, so a completion between the check and the
-wait is never missed; one registered before its analysis is enqueued needs no check at all. The completion message carries the outcome, so no second read follows;
-a waiter also re-reads the record every second, in case a message was lost while Redis
-reconnected.
+wait is never missed; one registered before its analysis is enqueued needs no check at all.
+The completion message carries the outcome, so no second read follows; a waiter also re-reads
+the record every second, in case a message was lost while Redis reconnected.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ class Followup:
         key = rollout_key(result)
         self.history.poll(result)  # every poll is on the timeline, replays marked as such
         if result.get("live") is not True:
-            log.info("replay: no event", extra={"rollout_key": key, "state": "replay"})
+            # Per poll, and "analysis finished" said it already: debug only.
+            log.debug("replay: no event", extra={"rollout_key": key, "state": "replay"})
             return None
         event = {
             "event_id": "__EVENT_ID__",
@@ -184,7 +185,7 @@ class Followup:
             self.keeper.keep(result["analysis_id"])
             self.enqueue(ACT_TASK, [event_id])
             return str(event_id)
-        log.info("no new event", extra={"rollout_key": key, "state": _text(state)})
+        log.debug("no new event", extra={"rollout_key": key, "state": _text(state)})
         return None
 
     def on_argo_event(self, body: dict[str, Any]) -> str | None:
