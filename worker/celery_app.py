@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from worker.broker import TRANSPORT
 from worker.queues import FOLLOWUP_TASKS
 from worker.redis_clients import sync_client
 from worker.settings import Settings, get_settings
@@ -22,6 +23,9 @@ log = logging.getLogger("rollout_analyzer.worker")
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("rollout_analyzer", broker=settings.broker, backend=settings.backend)
+    if settings.broker.startswith("redis://"):
+        # kombu's Redis transport, sharing one client per channel (worker/broker.py).
+        app.conf.broker_transport = TRANSPORT
     app.conf.update(
         task_default_queue=settings.queue,
         # Follow-ups on their own queue, whoever sends them (worker/queues.py).
