@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import OrderedDict
 from typing import Any
 
 import redis
@@ -28,6 +29,8 @@ HISTORY_TTL_SECONDS = 7 * 86400
 MAX_POLLS = 120  # per rollout revision: an hour of polls every 30 s (events and steps keep 7 days)
 SIGNIFICANT_DIGITS = 6  # more than any page shows (4 digits, or a percentage with 2 decimals)
 MAX_ROLLOUTS = 500
+SEEN_EVERY_SECONDS = 30.0
+MAX_SEEN_REMEMBERED = 10_000
 
 
 def rollout_key(result: dict[str, Any]) -> str:
@@ -102,6 +105,7 @@ class History:
         self.redis = client
         self.keys = Keys(prefix)
         self.prefix = f"{prefix}history:"
+        self._last_seen: OrderedDict[str, float] = OrderedDict()
 
     def poll(self, result: dict[str, Any]) -> None:
         key = rollout_key(result)
@@ -120,7 +124,16 @@ class History:
         pipe.execute()
 
     def _seen(self, pipe: Any, key: str, result: dict[str, Any], at: float) -> None:
-        """When a rollout (revision) was last analysed: the index pages sort by it."""
+        """When a rollout (revision) was last analysed: the index pages sort by it. Written at
+        most every SEEN_EVERY_SECONDS per rollout by this process (to the index, a poll 30 s
+        later is news; five commands per poll were 5 % of a worker's CPU)."""
+        last = self._last_seen.get(key)
+        if last is not None and at - last < SEEN_EVERY_SECONDS:
+            return
+        self._last_seen[key] = at
+        self._last_seen.move_to_end(key)
+        while len(self._last_seen) > MAX_SEEN_REMEMBERED:
+            self._last_seen.popitem(last=False)
         rollouts = f"{self.prefix}rollouts"
         pipe.zadd(rollouts, {key: at}, gt=True)  # GT still adds a new member
         pipe.zremrangebyrank(rollouts, 0, -MAX_ROLLOUTS - 1)
