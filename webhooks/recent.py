@@ -42,3 +42,15 @@ class RecentAnswers:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+        # The oldest first: drop those past their window, so memory follows the polls of the
+        # last reuse window, not every rollout ever answered (a soak: 2,000 rollouts polling
+        # every 30 s held 2,000 answers for a 15 s window; the webhook's RSS grew with them).
+        now = time.monotonic()
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.expires > now:
+                break
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
