@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ import redis.asyncio as aioredis
 
 from worker import codec
 from worker.keyspace import Keys, new_analysis_id
+
+# What a Lua script's ARGV takes.
+Arg = str | bytes | int | float
 
 __all__ = [
     "AsyncStore",
@@ -141,7 +145,7 @@ return 'ok'
 """
 
 
-def decode_record(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any] | None:
+def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any] | None:
     """A record's fields (`result` is packed, see worker/codec.py); a field that cannot be read
     is null and named, with why, in `unreadable`: the rest of the record still answers."""
     if not raw:
@@ -218,7 +222,7 @@ class Store:
         """START: (started | done | taken | superseded | error | missing, the record when
         started or done) in one round trip."""
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
-        args = [worker, int(lease_seconds * 1000), time.time()]
+        args: list[Arg] = [worker, int(lease_seconds * 1000), time.time()]
         reply = self._start(keys=keys, args=args)
         state = _text(reply[0])
         if len(reply) < 2:
@@ -244,7 +248,7 @@ class Store:
         the analysis superseded or taken over), missing."""
         body = payload if isinstance(payload, str) else json.dumps(payload)
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
-        args = [
+        args: list[Arg] = [
             worker,
             status,
             codec.pack(body) if status == "done" else body,  # an error is a short text
@@ -299,7 +303,7 @@ class AsyncStore:
     ) -> Claim:
         new_id = new_analysis_id(identity)
         claim_key = self.keys.claim(identity)
-        args = [
+        args: list[Arg] = [
             claim_key[: claim_key.index("}") + 1],  # the prefix with the claim's slot tag
             new_id,
             int(pending_seconds * 1000),
