@@ -10,7 +10,9 @@ in through `observe_requests` (worker/tracing.py), so analysis/ stays free of Op
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import ssl
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -146,6 +148,25 @@ def _proxy_for(scheme: str, host: str) -> str | None:
     """The environment's proxy for this Prometheus, read once (requests read it per call)."""
     proxies = urllib.request.getproxies()
     proxy = proxies.get(scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(host):
+    if not proxy or urllib.request.proxy_bypass(host) or _in_no_proxy_network(host):
         return None
     return proxy
+
+
+def _in_no_proxy_network(host: str) -> bool:
+    """NO_PROXY entries in CIDR notation (10.0.0.0/8: common in clusters), which requests
+    honoured and urllib's own check does not."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    entries = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    for entry in (e.strip() for e in entries.split(",")):
+        if "/" not in entry:
+            continue
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False

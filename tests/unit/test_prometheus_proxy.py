@@ -1,0 +1,56 @@
+"""Which proxy the Prometheus client goes through (analysis/sources/prometheus_http.py): the
+environment's HTTP(S)_PROXY, except for hosts NO_PROXY names by suffix or by network."""
+
+from __future__ import annotations
+
+import urllib3
+
+from analysis.sources.prometheus import PrometheusConfig
+from analysis.sources.prometheus_http import PrometheusHTTP
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def pool_for(url: str) -> urllib3.PoolManager:
+    return PrometheusHTTP(PrometheusConfig(url=url)).pool
+
+
+def environment(monkeypatch, **values: str) -> None:
+    """Only these proxy variables, whatever the machine running the tests has."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_environments_proxy_is_used(monkeypatch):
+    environment(monkeypatch, HTTP_PROXY="http://user:secret@proxy.example:3128")
+    pool = pool_for("http://10.1.2.3:9090")
+    assert isinstance(pool, urllib3.ProxyManager)
+    assert pool.proxy is not None and pool.proxy.host == "proxy.example"
+    assert pool.proxy_headers.get("proxy-authorization", "").startswith("Basic ")
+
+
+def test_no_proxy_by_network_and_by_suffix(monkeypatch):
+    environment(
+        monkeypatch,
+        HTTP_PROXY="http://proxy.example:3128",
+        NO_PROXY="10.0.0.0/8, .svc.cluster.local",
+    )
+    for url in ("http://10.1.2.3:9090", "http://prometheus.monitoring.svc.cluster.local:9090"):
+        assert not isinstance(pool_for(url), urllib3.ProxyManager), url
+    assert isinstance(pool_for("http://192.168.1.5:9090"), urllib3.ProxyManager)
+
+
+def test_no_proxy_configured_means_a_direct_pool(monkeypatch):
+    for name in (
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert not isinstance(pool_for("http://10.1.2.3:9090"), urllib3.ProxyManager)
