@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from worker.broker import TRANSPORT
+from worker.broker import MEMORY_ACK_QUEUES, TRANSPORT
 from worker.queues import FOLLOWUP_TASKS
 from worker.redis_clients import sync_client
 from worker.settings import Settings, get_settings
@@ -60,6 +60,9 @@ def make_celery(settings: Settings) -> Celery:
             # A worker reading both queues takes analyses first (worker/queues.py lists them
             # first): a backlog of chat and traffic follow-ups never delays a verdict.
             "queue_order_strategy": "priority",
+            # Analyses are recovered by our claims and leases, not the transport's unacked
+            # index: their messages skip it (two round trips per task, worker/broker.py).
+            MEMORY_ACK_QUEUES: [settings.queue],
         },
         broker_pool_limit=10,
     )

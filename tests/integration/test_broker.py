@@ -1,0 +1,109 @@
+"""The Redis transport's ack emulation, kept for follow-ups, skipped for analyses (real Redis).
+
+worker/broker.py: an analysis message is held in the worker's memory only (its claim and lease
+recover a lost one); a follow-up's goes to kombu's unacked hash, so a dead worker's chat or
+traffic task comes back after the visibility timeout. Both come back at a warm shutdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from kombu import Connection, Queue
+
+from tests.support.procs import RedisServer
+from worker.broker import MEMORY_ACK_QUEUES, TRANSPORT
+
+ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
+
+
+@pytest.fixture
+def broker(redis_flushed: RedisServer) -> Iterator[tuple[Connection, redis.Redis]]:
+    options = {MEMORY_ACK_QUEUES: [ANALYSES]}
+    connection = Connection(redis_flushed.url, transport=TRANSPORT, transport_options=options)
+    kv = redis.Redis.from_url(redis_flushed.url)
+    try:
+        yield connection, kv
+    finally:
+        connection.release()
+        kv.close()
+
+
+def publish(connection: Connection, queue: str, body: dict[str, str]) -> None:
+    with connection.Producer() as producer:
+        producer.publish(body, routing_key=queue, declare=[Queue(queue)], serializer="json")
+
+
+def unacked_bodies(kv: redis.Redis) -> list[dict[str, str]]:
+    """The bodies in kombu's unacked hash (entries: [message, exchange, routing key])."""
+    bodies = []
+    for entry in kv.hvals("unacked"):
+        message = json.loads(entry)[0]
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        bodies.append(json.loads(body))
+    return bodies
+
+
+def test_only_the_follow_up_is_in_the_unacked_index_and_acks_clear_it(broker) -> None:
+    connection, kv = broker
+    publish(connection, ANALYSES, {"task": "analyze"})
+    publish(connection, FOLLOWUPS, {"task": "notify"})
+    channel = connection.channel()
+    analysis = Queue(ANALYSES, channel=channel).get(no_ack=False)
+    followup = Queue(FOLLOWUPS, channel=channel).get(no_ack=False)
+    assert analysis.payload == {"task": "analyze"} and followup.payload == {"task": "notify"}
+    # kombu's bookkeeping for the follow-up (its redelivery after a worker dies), none for
+    # the analysis.
+    assert unacked_bodies(kv) == [{"task": "notify"}]
+    assert kv.zcard("unacked_index") == 1
+    analysis.ack()
+    followup.ack()
+    assert kv.hlen("unacked") == 0 and kv.zcard("unacked_index") == 0
+    assert kv.llen(ANALYSES) == 0 and kv.llen(FOLLOWUPS) == 0
+    channel.close()
+    # Acked messages stay acked: nothing is put back when the channel closes.
+    assert kv.llen(ANALYSES) == 0 and kv.llen(FOLLOWUPS) == 0
+
+
+def test_a_warm_shutdown_puts_unacked_messages_of_both_queues_back(broker) -> None:
+    connection, kv = broker
+    publish(connection, ANALYSES, {"task": "analyze", "n": "1"})
+    publish(connection, ANALYSES, {"task": "analyze", "n": "2"})
+    publish(connection, FOLLOWUPS, {"task": "notify"})
+    channel = connection.channel()
+    taken = [Queue(ANALYSES, channel=channel).get(no_ack=False) for _ in range(2)]
+    taken[0].ack()  # the first analysis ran; the second was taken but not started
+    Queue(FOLLOWUPS, channel=channel).get(no_ack=False)
+    assert kv.llen(ANALYSES) == 0 and kv.llen(FOLLOWUPS) == 0
+    channel.close()  # what a worker's warm shutdown does: unacked messages are restored
+    assert kv.llen(ANALYSES) == 1 and kv.llen(FOLLOWUPS) == 1
+    assert kv.hlen("unacked") == 0
+    again = connection.channel()
+    back = Queue(ANALYSES, channel=again).get(no_ack=True)
+    assert back.payload == {"task": "analyze", "n": "2"}
+    assert back.delivery_info.get("redelivered") or back.headers.get("redelivered")
+    again.close()
+
+
+def test_a_rejected_analysis_is_requeued_or_dropped_as_asked(broker) -> None:
+    connection, kv = broker
+    publish(connection, ANALYSES, {"task": "analyze", "n": "1"})
+    publish(connection, ANALYSES, {"task": "analyze", "n": "2"})
+    channel = connection.channel()
+    first = Queue(ANALYSES, channel=channel).get(no_ack=False)
+    first.reject(requeue=True)
+    assert kv.llen(ANALYSES) == 2
+    # Back on the queue where kombu puts a requeued message (read after the one waiting).
+    second = Queue(ANALYSES, channel=channel).get(no_ack=False)
+    again = Queue(ANALYSES, channel=channel).get(no_ack=False)
+    assert second.payload["n"] == "2" and again.payload == first.payload
+    again.reject(requeue=False)
+    second.ack()
+    channel.close()
+    assert kv.llen(ANALYSES) == 0  # the dropped one stays dropped
