@@ -33,7 +33,7 @@ class RedisTaskProducer:
     def __init__(self, app: Celery, client: aioredis.Redis, queue: str) -> None:
         self._app = app
         self._client = client
-        self._queue = queue
+        self.queue = queue  # the list kombu's Redis transport reads (priority 0)
 
     def envelope(self, task: str, args: list[Any]) -> bytes:
         """The bytes `send_task(task, args=args, queue=queue)` would push (kombu Redis)."""
@@ -52,7 +52,7 @@ class RedisTaskProducer:
                 "properties": {
                     **message.properties,
                     "delivery_mode": 2,
-                    "delivery_info": {"exchange": "", "routing_key": self._queue},
+                    "delivery_info": {"exchange": "", "routing_key": self.queue},
                     "priority": 0,
                     "body_encoding": "base64",
                     "delivery_tag": str(uuid.uuid4()),
@@ -61,7 +61,7 @@ class RedisTaskProducer:
         ).encode()
 
     async def publish(self, task: str, args: list[Any]) -> None:
-        await self._client.lpush(self._queue, self.envelope(task, args))
+        await self._client.lpush(self.queue, self.envelope(task, args))
 
     async def close(self) -> None:
         await self._client.aclose()

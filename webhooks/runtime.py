@@ -29,15 +29,23 @@ REDIS_CONNECTIONS = 256  # per webhook process; Redis takes 10,000 by default
 class Dispatcher(Protocol):
     async def enqueue(self, task: str, args: list[Any]) -> None: ...
 
+    def message(self, task: str, args: list[Any]) -> tuple[str, bytes] | None:
+        """(queue key, message) for the claim script to push, when the broker is the state
+        store's Redis; None: enqueue after the claim."""
+        ...
+
     def close(self) -> None: ...
 
 
 class CeleryDispatcher:
-    def __init__(self, settings: Settings, broker: aioredis.Redis | None) -> None:
+    def __init__(
+        self, settings: Settings, broker: aioredis.Redis | None, with_claim: bool = False
+    ) -> None:
         from worker.celery_app import app
 
         self._app = app
         self._settings = settings
+        self._with_claim = with_claim and broker is not None
         # A Redis broker gets the task straight from the event loop (webhooks/producer.py),
         # one producer per queue (analyses, follow-ups: worker/queues.py) on one connection pool.
         self._producers = (
@@ -53,6 +61,12 @@ class CeleryDispatcher:
             return
         # kombu publishes synchronously; keep the event loop free while it does.
         await asyncio.to_thread(self._app.send_task, task, args=args, queue=queue)
+
+    def message(self, task: str, args: list[Any]) -> tuple[str, bytes] | None:
+        if not self._with_claim:
+            return None
+        producer = self._producers[queue_for(self._settings, task)]
+        return producer.queue, producer.envelope(task, args)
 
     def close(self) -> None:
         pass
@@ -123,6 +137,9 @@ class InProcessDispatcher:
     async def enqueue(self, task: str, args: list[Any]) -> None:
         self.submit(task, args)
 
+    def message(self, task: str, args: list[Any]) -> tuple[str, bytes] | None:
+        return None  # no queue: a thread of this process takes it
+
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -161,7 +178,9 @@ def build_runtime(settings: Settings) -> Runtime:
         broker = client if settings.broker == settings.redis_url else None
         broker = broker or _client(settings.broker, settings)
     own_broker = broker if broker is not client else None
-    return Runtime(client, store, CeleryDispatcher(settings, broker), "celery", own_broker)
+    # The broker on the store's own Redis (not a cluster): a task goes in with its claim.
+    dispatcher = CeleryDispatcher(settings, broker, with_claim=broker is client)
+    return Runtime(client, store, dispatcher, "celery", own_broker)
 
 
 def _state_client(settings: Settings) -> aioredis.Redis:

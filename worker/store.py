@@ -61,6 +61,9 @@ if current then
   end
 end
 local record = KEYS[2]
+-- With the broker on this Redis, the task's message goes in with the claim: one round trip,
+-- and never a claim without its task (KEYS[3] the queue, ARGV[7] the message).
+if ARGV[7] then redis.call('LPUSH', KEYS[3], ARGV[7]) end
 redis.call('HSET', record, 'id', new_id, 'claim', KEYS[1], 'status', 'queued',
            'spec', ARGV[5], 'queued_at', ARGV[6])
 redis.call('EXPIRE', record, ARGV[4])
@@ -300,9 +303,15 @@ class AsyncStore:
         pending_seconds: float,
         result_ttl_seconds: int,
         now: float,
+        new_id: str | None = None,
+        task: tuple[str, bytes] | None = None,
     ) -> Claim:
-        new_id = new_analysis_id(identity)
+        """The identity's analysis: the one found (queued, running or done) or a new one,
+        `new_id` if given. `task` (queue, message): pushed onto the queue with a new claim, in
+        the same script (only where the broker is this Redis, never a cluster)."""
+        new_id = new_id or new_analysis_id(identity)
         claim_key = self.keys.claim(identity)
+        keys = [claim_key, self.keys.record(new_id)]
         args: list[Arg] = [
             claim_key[: claim_key.index("}") + 1],  # the prefix with the claim's slot tag
             new_id,
@@ -311,7 +320,10 @@ class AsyncStore:
             json.dumps(spec),
             now,
         ]
-        found = await self._claim(keys=[claim_key, self.keys.record(new_id)], args=args)
+        if task is not None:
+            keys.append(task[0])
+            args.append(task[1])
+        found = await self._claim(keys=keys, args=args)
         record = None
         if len(found) > 2:
             flat = found[2]

@@ -58,3 +58,39 @@ def test_only_plain_redis_brokers_are_published_directly():
     assert publishes_directly("rediss://redis.example:6380/1")
     assert not publishes_directly("sentinel://s1:26379;sentinel://s2:26379")
     assert not publishes_directly("amqp://guest@rabbit//")
+
+
+def test_a_new_claim_pushes_its_task_in_the_same_script_and_a_repeat_pushes_nothing(
+    redis_flushed,
+):
+    """With the broker on the store's Redis, the webhook hands the task's message to CLAIM."""
+    from worker.keyspace import new_analysis_id
+    from worker.store import AsyncStore, Keys
+
+    ids = [new_analysis_id("same-identity") for _ in range(2)]
+
+    settings = Settings(redis_url=redis_flushed.url, queue="ra-claimed")
+    app = make_celery(settings)
+    client = redis.Redis.from_url(redis_flushed.url)
+
+    async def claim_twice() -> tuple[str, str, str, str]:
+        async_client = aioredis.Redis.from_url(redis_flushed.url)
+        store = AsyncStore(async_client, "ra:t:")
+        producer = RedisTaskProducer(app, async_client, "ra-claimed")
+        claims = []
+        for new_id in ids:
+            task = (producer.queue, producer.envelope(ANALYZE_TASK, [new_id]))
+            claim = await store.claim(
+                "same-identity", {"service": "checkout"}, pending_seconds=60,
+                result_ttl_seconds=600, now=0.0, new_id=new_id, task=task,
+            )  # fmt: skip
+            claims += [claim.analysis_id, claim.state]
+        await async_client.aclose()
+        return tuple(claims)  # type: ignore[return-value]
+
+    first_id, first_state, second_id, second_state = asyncio.run(claim_twice())
+    assert (first_id, first_state) == (ids[0], "new")
+    assert (second_id, second_state) == (ids[0], "queued")  # joined: no second task
+    assert client.llen("ra-claimed") == 1
+    assert pushed(client, "ra-claimed")["body"][0] == [ids[0]]
+    assert client.hget(Keys("ra:t:").record(ids[0]), "status") == b"queued"
