@@ -37,7 +37,9 @@ class BodyLimit:
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
+                # asyncio.timeout, not wait_for: no task per read (a loop turn per request).
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    message = await receive()
             except TimeoutError:
                 await reject(
                     scope, send, 408, "body", f"not received within {self.timeout_seconds:g} s"

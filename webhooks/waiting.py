@@ -128,7 +128,8 @@ class CompletionWaiter:
                 if remaining <= 0:
                     return record if not fresh else await self.store.record(analysis_id)
                 with contextlib.suppress(TimeoutError):
-                    announced = await asyncio.wait_for(asyncio.shield(future), min(1.0, remaining))
+                    async with asyncio.timeout(min(1.0, remaining)):
+                        announced = await asyncio.shield(future)
                     if announced is not None and announced.get("status") in FINAL:
                         return {**(record or {}), **announced}
             finally:

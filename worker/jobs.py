@@ -9,6 +9,7 @@ runs no follow-up, since another worker may hold the analysis by then.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,7 @@ class LeaseRenewer:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._asleep_until = math.inf  # when the thread wakes next by itself
 
     def add(self, lease: Lease) -> None:
         with self._lock:
@@ -76,7 +78,10 @@ class LeaseRenewer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            # Leases share one period, so a new one is rarely due before the next wake: only
+            # then wake the thread (a wake per analysis cost more than its renewals).
+            if lease.due < self._asleep_until:
+                self._wake.notify()
 
     def remove(self, lease: Lease) -> None:
         with self._lock:
@@ -89,8 +94,11 @@ class LeaseRenewer:
                 now = time.monotonic()
                 due = [lease for lease in self._leases if lease.due <= now]
                 if not due:
-                    upcoming = min((lease.due for lease in self._leases), default=now + 1.0)
-                    self._wake.wait(max(0.01, upcoming - now))
+                    # No lease at all: sleep until one is added.
+                    wake = min((lease.due for lease in self._leases), default=math.inf)
+                    self._asleep_until = wake
+                    self._wake.wait(None if wake == math.inf else max(0.01, wake - now))
+                    self._asleep_until = -math.inf  # awake: a lease added now is seen anyway
                     continue
             for lease in due:  # outside the lock: a slow Redis never blocks add/remove
                 if not (lease.ended or lease.refused.is_set()):
