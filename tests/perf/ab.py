@@ -1,0 +1,145 @@
+"""A/B of two configurations in one time window: how a change is judged on a noisy machine.
+
+`make bench` compares against baselines measured in the same run, but two runs of it on the same
+code differ by ±30 % here (the host is shared). To judge a change of a few per cent, both
+versions run side by side instead: one Redis and one Prometheus (the bench's data), and per
+configuration its own webhook and two workers (own queue, own key prefix). Fresh analyses are
+sent to each in turn (the order alternating per round), with the floor (our PromQL with the naive
+client library, plus one Redis ping) measured in the same rounds.
+
+    AB='{"before": {"pythonpath": "/path/to/other/checkout"}, "after": {}}' \\
+        python -m tests.perf.ab
+    AB='{"plain": {"pythonpath": "/tmp/no-hiredis"}, "hiredis": {}}' python -m tests.perf.ab
+
+A configuration is `env` (more environment for its services) and/or `pythonpath` (put first on
+their PYTHONPATH: another checkout of this repository, or a directory with a sitecustomize.py
+that changes something before the services start, e.g. `sys.modules["hiredis"] = None`).
+AB_ROUNDS sets the calls per configuration (300). Prints p50, p90 and the ratio to the floor,
+and the worker and webhook CPU per analysis from /proc, per configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from prometheus_api_client import PrometheusConnect
+
+from analysis.policy import PolicySet
+from analysis.queries import build_query
+from analysis.request import parse_request, resolve
+from tests.perf.bench import CAP, CONCURRENCY, WORKERS, body_for, cpu_seconds, fresh_end
+from tests.perf.dataset import start_prometheus
+from tests.support.procs import RedisServer
+from tests.support.service import Webhook, Worker, service_env
+
+ROUNDS = int(os.environ.get("AB_ROUNDS", "300"))
+WARM_UP = 30
+
+
+@dataclass
+class Side:
+    name: str
+    workers: list[Worker]
+    webhook: Webhook
+    http: httpx.Client
+    latencies: list[float]
+
+    def cpu(self) -> tuple[float, float]:
+        workers = sum(cpu_seconds(w.pid or 0) for w in self.workers)
+        return workers, cpu_seconds(self.webhook.pid or 0)
+
+    def stop(self) -> None:
+        self.http.close()
+        for proc in [self.webhook, *self.workers]:
+            proc.stop()
+
+
+def start_side(
+    name: str, config: dict[str, Any], redis_url: str, prom_url: str, work: Path
+) -> Side:
+    env = service_env(
+        redis_url,
+        prometheus_url=prom_url,
+        key_prefix=f"ra:{name}:",
+        queue=f"ra-{name}",
+        extra={
+            "ROLLOUT_ANALYZER_REUSE_SECONDS": "120",
+            "ROLLOUT_ANALYZER_PROMETHEUS_MAX_CONCURRENT_QUERIES": str(CAP),
+            **config.get("env", {}),
+        },
+    )
+    if config.get("pythonpath"):
+        paths = [config["pythonpath"], env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    workers = [
+        Worker(env, work, pool="threads", concurrency=CONCURRENCY, name=f"{name}-w{i}").start()
+        for i in range(WORKERS)
+    ]
+    webhook = Webhook(env, work).start()
+    return Side(name, workers, webhook, httpx.Client(base_url=webhook.url, timeout=10), [])
+
+
+def main() -> None:
+    configs: dict[str, dict[str, Any]] = json.loads(os.environ["AB"])
+    work = Path(tempfile.mkdtemp(prefix="ra-ab-"))
+    store = RedisServer(work_dir=work / "redis").start()
+    prometheus = start_prometheus(work / "prom")
+    sides: list[Side] = []
+    try:
+        for name, config in configs.items():
+            sides.append(start_side(name, config, store.url, prometheus.url, work))
+        prom = PrometheusConnect(url=prometheus.url, disable_ssl=True)
+        kv = redis.Redis.from_url(store.url)
+        policies = PolicySet.load(None)
+        for i in range(WARM_UP):
+            for side in sides:
+                side.http.post("/v1/analyze", json=body_for(i, "warm", fresh_end()))
+        cpu_before = {side.name: side.cpu() for side in sides}
+        floor: list[float] = []
+        for i in range(ROUNDS):
+            for side in sides if i % 2 == 0 else reversed(sides):
+                began = time.perf_counter()
+                response = side.http.post("/v1/analyze", json=body_for(i, "ab", fresh_end()))
+                side.latencies.append(time.perf_counter() - began)
+                if response.status_code != 200:
+                    raise SystemExit(f"{side.name}: {response.status_code} {response.text[:200]}")
+            body = body_for(i, "ab", fresh_end())
+            expr = build_query(resolve(parse_request(body), policies)).expr
+            began = time.perf_counter()
+            prom.custom_query(expr, params={"time": fresh_end()})
+            kv.ping()
+            floor.append(time.perf_counter() - began)
+        floor_p50 = statistics.median(floor)
+        print(f"floor p50 {floor_p50 * 1000:.2f} ms ({ROUNDS} rounds)")
+        for side in sides:
+            workers, webhook = (
+                (after - before) / ROUNDS * 1000
+                for after, before in zip(side.cpu(), cpu_before[side.name], strict=True)
+            )
+            ordered = sorted(side.latencies)
+            p50 = statistics.median(ordered)
+            print(
+                f"{side.name}: p50 {p50 * 1000:.2f} ms ({p50 / floor_p50:.2f}x the floor), "
+                f"p90 {ordered[int(len(ordered) * 0.9)] * 1000:.2f} ms; CPU per analysis: "
+                f"workers {workers:.2f} ms, webhook {webhook:.2f} ms"
+            )
+    finally:
+        for side in sides:
+            side.stop()
+        prometheus.stop()
+        store.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
