@@ -597,7 +597,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
     add(
         f"10. Redis bytes per canary (+ at caps) / per further poll ({m['analyses']} polls)",
         f"{m['bytes_per_canary']:.0f} B (+ {m['sequence_bytes_at_cap']} B sequence"
-        f" + {m['poll_history_bytes_at_cap']:.0f} B history) / "
+        f" + {m['poll_history_bytes_at_cap']:.0f} B history"
+        f" + {m['latest_record_growth_to_cap']:.0f} B latest) / "
         f"{m['bytes_per_poll_kept']:.0f} B",
         f"{m['record_bytes']} B",
         None,

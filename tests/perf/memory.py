@@ -12,7 +12,10 @@ leaves behind *after* its replacement window is visible within the run:
                                              `used_memory` (adds the allocator's steps);
 - C: `MEMORY USAGE` of the largest stored analysis (what a replaced one holds during its
   window; a live report carries its sequence's last HISTORY_KEPT poll summaries; the result is
-  packed, worker/codec.py);
+  packed, worker/codec.py). Each canary's latest analysis grows with those summaries until its
+  sequence has HISTORY_KEPT polls (polls of one second count once, so not yet at mid-run):
+  that growth is per canary, to C, and is taken out of B like the other capped parts (it read
+  as +50 to +70 B per poll, 1.4 GB a day in the formula, in runs where it was left in);
 - S: a live canary's sequence (worker/sequences.py) at its largest: it keeps the summaries of
   its last HISTORY_KEPT polls (and the intervals within its policy's window), so it grows with
   a canary's first polls, then stays (its growth in the run is taken out of B); H: the report
@@ -20,7 +23,8 @@ leaves behind *after* its replacement window is visible within the run:
   summaries, from the bytes per summary seen (key overhead included: an upper bound).
 
 Extrapolated to N rollouts polled every I s for 24 h with production's replaced window W:
-N·(A + S + H) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis 24 h).
+N·(A + S + H + L) + (N/I·86400)·B + (N/I·W)·C + verdict changes·C (each keeps its analysis
+24 h), L = C minus a latest analysis' size after round 1 (its growth to the summaries' cap).
 One revision per rollout in the 24 h: each further revision adds its own H for 7 days.
 """
 
@@ -60,6 +64,16 @@ def capped_bytes(kv: redis.Redis, prefix: str) -> int:
     """Live sequences and the pages' poll history: per canary, growing to a cap."""
     keys = [*kv.scan_iter(f"{prefix}seq:*"), *kv.scan_iter(f"{prefix}history:polls:*")]
     return sum(int(kv.memory_usage(k, samples=0) or 0) for k in keys)
+
+
+def latest_bytes(kv: redis.Redis, prefix: str) -> tuple[int, int]:
+    """MEMORY USAGE of each identity's latest analysis (what `latest:` points at), and how many."""
+    ids = [kv.get(key) for key in kv.scan_iter(f"{prefix}{{*}}latest:*", count=1000)]
+    records = [Keys(prefix).record(i.decode()) for i in ids if i]
+    pipe = kv.pipeline(transaction=False)
+    for record in records:
+        pipe.memory_usage(record, samples=0)
+    return sum(int(n or 0) for n in pipe.execute()), len(records)
 
 
 def keyspace_bytes(kv: redis.Redis) -> int:
@@ -122,6 +136,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         bodies = [body_for(i, f"mem-{i}") for i in range(ROLLOUTS)]
         statuses = asyncio.run(round_of(webhook.url, bodies))
         after_first = used(kv)
+        latest_first, latest_count = latest_bytes(kv, prefix)
         peak = 0
         half = ROUNDS // 2
         for n in range(2, ROUNDS + 1):
@@ -130,8 +145,10 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
             if n == half:
                 at_half, seq_at_half = settled(kv), capped_bytes(kv, prefix)
                 keys_at_half = keyspace_bytes(kv)
+                latest_at_half = latest_bytes(kv, prefix)[0]
         after_all, seq_at_end = settled(kv), capped_bytes(kv, prefix)
         keys_at_end = keyspace_bytes(kv)
+        latest_at_end = latest_bytes(kv, prefix)[0]
         # A live canary's sequence grows with its first HISTORY_KEPT polls, then stays: count
         # it per canary at its largest, and leave its growth out of what polls keep.
         sequence_cap = max(
@@ -164,8 +181,9 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         # the keys (B) and in `used_memory` (B', which adds the allocator's steps: noise of
         # ±50 B per poll over 2,500 polls), both without the capped structures' growth.
         further = (ROUNDS - half) * ROLLOUTS
-        per_poll = ((keys_at_end - seq_at_end) - (keys_at_half - seq_at_half)) / further
-        per_poll_used = ((after_all - at_half) - (seq_at_end - seq_at_half)) / further
+        capped_growth = (seq_at_end - seq_at_half) + (latest_at_end - latest_at_half)
+        per_poll = ((keys_at_end - keys_at_half) - capped_growth) / further
+        per_poll_used = ((after_all - at_half) - capped_growth) / further
         records = sum(1 for _ in kv.scan_iter(f"{prefix}{{*}}analysis:*", count=1000))
     finally:
         kv.close()
@@ -173,8 +191,9 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
             proc.stop()
     window = Settings().replaced_ttl_seconds
     polls_per_second = TARGET_ROLLOUTS / TARGET_INTERVAL
+    latest_growth = max(0.0, record_bytes - latest_first / max(1, latest_count))
     extrapolated = (
-        TARGET_ROLLOUTS * (per_canary + sequence_cap + history_cap)
+        TARGET_ROLLOUTS * (per_canary + sequence_cap + history_cap + latest_growth)
         + polls_per_second * 86400 * max(0.0, per_poll)
         + polls_per_second * window * record_bytes
         + TARGET_ROLLOUTS * CHANGES_PER_ROLLOUT_PER_DAY * record_bytes
@@ -188,6 +207,7 @@ def measure_memory(prometheus_url: str, work: Path, body_for: Any) -> dict[str, 
         "bytes_per_poll_kept_used_memory": per_poll_used,
         "bytes_per_poll_in_run": (peak - base) / polls,
         "record_bytes": record_bytes,
+        "latest_record_growth_to_cap": latest_growth,
         "sequence_bytes_at_cap": sequence_cap,
         "sequence_history_kept": HISTORY_KEPT,
         "sequence_state_parts_json_bytes": parts,
