@@ -102,7 +102,7 @@ class PrometheusSource:
         try:
             for try_ in Retrying(
                 stop=stop,
-                wait=wait_exponential_jitter(initial=0.1, max=1.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=1.0),
                 retry=retry_if_exception(_is_retryable),
                 reraise=True,
             ):
