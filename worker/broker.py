@@ -16,8 +16,9 @@ queues stay kombu's):
    well before 300 s. So messages of the queues named in the transport option
    `memory_ack_queues` are kept in the worker's memory only, as kombu does with
    `ack_emulation: False`: acked and rejected there, put back on the queue at a warm shutdown
-   or a reject with requeue. That is two Redis round trips less per analysis (~0.8 ms of
-   worker CPU and of latency, `make bench` row 2).
+   or a reject with requeue. That is two Redis round trips less per analysis: Celery's CPU per
+   task 1.9-2.0 -> 1.3-1.4 ms (`python -m tests.perf.hop`), ~0.5 ms less from a message's read
+   to its task running (docs/performance.md, change 16).
 """
 
 from __future__ import annotations

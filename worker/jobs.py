@@ -94,7 +94,7 @@ class LeaseRenewer:
                 now = time.monotonic()
                 due = [lease for lease in self._leases if lease.due <= now]
                 if not due:
-                    # No lease at all: sleep until one is added.
+                    # Until the next lease is due; with none, until one is added.
                     wake = min((lease.due for lease in self._leases), default=math.inf)
                     self._asleep_until = wake
                     self._wake.wait(None if wake == math.inf else max(0.01, wake - now))
