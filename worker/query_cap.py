@@ -26,6 +26,7 @@ import redis
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
 from analysis.sources import MetricsSource, SourceError
+from worker.threads import running
 
 # KEYS[1] holders (zset member → lease expiry in ms); ARGV: limit, holder, lease ms.
 ACQUIRE = """
@@ -72,9 +73,7 @@ class _Releaser:
     def put(self, holder: str) -> None:
         with self._lock:
             self._pending.append(holder)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="cap-release", daemon=True)
-                self._thread.start()
+            self._thread = running(self._thread, self._run, "cap-release")
         self._wake.set()
 
     def _run(self) -> None:
