@@ -53,6 +53,16 @@ class QoS(kombu_redis.QoS):
             return
         super().ack(delivery_tag)  # type: ignore[no-untyped-call]
 
+    def kept_in_memory(self, delivery_tag: Any) -> bool:
+        return delivery_tag in self._in_memory
+
+    def at_prefetch_limit(self, after_ack: bool = False) -> bool:
+        """Whether the loop may have stopped reading for want of a prefetch slot (one more
+        than that just after an ack: the loop may have looked before it)."""
+        limit = self.prefetch_count
+        held = len(self._delivered) - len(self._dirty)
+        return bool(limit) and held >= limit - (1 if after_ack else 0)
+
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if delivery_tag in self._in_memory:
             self._in_memory.discard(delivery_tag)

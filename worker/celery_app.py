@@ -65,6 +65,7 @@ def make_celery(settings: Settings) -> Celery:
             MEMORY_ACK_QUEUES: [settings.queue],
         },
         broker_pool_limit=10,
+        worker_consumer="worker.consumer:Consumer",
     )
     app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
     return app
@@ -83,7 +84,12 @@ def worker_store() -> Store:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return _worker_name(os.getpid())
+
+
+@lru_cache(maxsize=4)
+def _worker_name(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}"
 
 
 def _beat(stop: threading.Event, name: str) -> None:

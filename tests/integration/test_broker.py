@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
+from celery import Celery
 from kombu import Connection, Queue
 
-from tests.support.procs import RedisServer
+from tests.support.procs import RedisServer, wait_for
+from tests.support.service import Worker, service_env
 from worker.broker import MEMORY_ACK_QUEUES, TRANSPORT
+from worker.task_names import ANALYZE_TASK
 
 ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
 
@@ -107,3 +111,33 @@ def test_a_rejected_analysis_is_requeued_or_dropped_as_asked(broker) -> None:
     second.ack()
     channel.close()
     assert kv.llen(ANALYSES) == 0  # the dropped one stays dropped
+
+
+def test_a_worker_at_its_prefetch_limit_keeps_taking_analyses(redis_flushed, tmp_path) -> None:
+    """A worker acks an analysis message in the thread that ran it (worker/consumer.py), not
+    in its event loop; when that ack frees the only prefetch slot, the loop must still be woken
+    to read the next message. Concurrency 1 puts every message at the limit: a missed wake-up
+    would leave each next message waiting for the loop's own timeout (a second or more)."""
+    queue = "ra-prefetch"
+    # A Prometheus that is never asked: a task for no analysis ends before any query.
+    env = service_env(
+        redis_flushed.url,
+        prometheus_url="http://127.0.0.1:9",
+        key_prefix="ra:prefetch:",
+        queue=queue,
+    )
+    worker = Worker(env, tmp_path, concurrency=1, name="prefetch").start()
+    celery = Celery(broker=redis_flushed.url)
+    kv = redis.Redis.from_url(redis_flushed.url)
+    try:
+        sent = 30
+        began = time.monotonic()
+        for n in range(sent):  # ids of no analysis: each task ends at once ("missing")
+            celery.send_task(ANALYZE_TASK, args=[f"{n:032x}"], queue=queue)
+        wait_for(lambda: worker.logs().count('"state": "missing"') == sent, 20, "all 30 tasks")
+        assert time.monotonic() - began < 10, "the loop waited for its timeout between messages"
+        assert kv.llen(queue) == 0
+    finally:
+        celery.close()
+        kv.close()
+        worker.stop()
