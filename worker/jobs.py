@@ -23,6 +23,7 @@ from analysis.request import AnalysisSpec, RequestError
 from analysis.sequential import Poll, advance
 from analysis.sources import MetricsSource, SourceError
 from worker import tracing
+from worker.query_cap import holding, slot_request
 from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
 from worker.threads import running
@@ -162,7 +163,9 @@ def execute(
     sequences: SequenceStore | None = None,
 ) -> str:
     """Compute and record one analysis; returns what happened (started/done/taken/…)."""
-    state, found = store.begin(analysis_id, worker, lease_seconds)
+    # START takes the query's slot too where it can: one round trip less (worker/query_cap.py).
+    slot = slot_request(source) if store.takes_slots else None
+    state, found, held = store.begin(analysis_id, worker, lease_seconds, slot)
     record = found or {}
     tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
     if state != "started":
@@ -183,7 +186,10 @@ def execute(
     deadline = time.monotonic() + budget_seconds
     status, payload = "done", {}
     end: float | None = None
-    with lease_kept(store, analysis_id, worker, lease_seconds) as lease:
+    with (
+        lease_kept(store, analysis_id, worker, lease_seconds) as lease,
+        holding(source, held) as source,
+    ):
         try:
             spec = AnalysisSpec.from_json(record["spec"], policies)
             end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)

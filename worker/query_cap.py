@@ -5,8 +5,9 @@ counting semaphore: a sorted set of holders scored by the expiry of their lease 
 so worker clocks may drift). Acquiring first drops expired holders, so a worker that died holding
 a slot frees it when its lease runs out; a live holder releases on exit. Waiting is bounded by the
 analysis deadline: a caller that cannot get a slot in time gets a SourceError, never a verdict.
-A slot is given back by a thread of its own, so the analysis judges meanwhile (one Redis round
-trip off the path to Argo's answer); slots freed together in a burst go back in one ZREM.
+A slot is given back as soon as the query has answered, by the thread that ran it (a thread of
+its own for this saved one round trip on the path to Argo's answer but cost more CPU in thread
+wake-ups than it saved: docs/performance.md, fourth pass).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -26,22 +27,39 @@ import redis
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
 from analysis.sources import MetricsSource, SourceError
-from worker.threads import running
 
-# KEYS[1] holders (zset member → lease expiry in ms); ARGV: limit, holder, lease ms.
-ACQUIRE = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-local expiry = now_ms + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], expiry, ARGV[2])
--- The key outlives its longest lease, never more: nothing is left behind when all go idle.
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+# A Lua function taking a slot: 1, or 0 when `limit` holders hold one. `key` holds the holders
+# (zset member -> lease expiry in ms, Redis' clock). ACQUIRE calls it; so does the store's START
+# where a slot rides along with it (worker/store.py: one round trip less per analysis).
+TAKE_SLOT = """
+local function take_slot(key, limit, holder, lease_ms)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  if redis.call('ZCARD', key) >= limit then return 0 end
+  redis.call('ZADD', key, now_ms + lease_ms, holder)
+  -- The key outlives its longest lease, never more: nothing is left behind when all go idle.
+  if redis.call('PTTL', key) < lease_ms then redis.call('PEXPIRE', key, lease_ms) end
+  return 1
 end
-return 1
 """
+
+# KEYS[1] holders; ARGV: limit, holder, lease ms.
+ACQUIRE = TAKE_SLOT + "return take_slot(KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))"
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """A slot to take in another script (START): the cap's key, limit, a new holder, lease."""
+
+    key: str
+    limit: int
+    holder: str
+    lease_ms: int
+
+    def args(self) -> list[str | int]:
+        return [self.limit, self.holder, self.lease_ms]
+
 
 # Don't start waiting for a slot when less than this is left: the query itself needs time too.
 MIN_QUERY_SECONDS = 0.05
@@ -59,34 +77,6 @@ def cap_key(prefix: str, prometheus_url: str) -> str:
     return f"{prefix}promcap:{digest}"
 
 
-class _Releaser:
-    """Gives slots back from a thread, in batches: whatever piled up since its last ZREM."""
-
-    def __init__(self, client: redis.Redis, key: str) -> None:
-        self.redis = client
-        self.key = key
-        self._pending: list[str] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def put(self, holder: str) -> None:
-        with self._lock:
-            self._pending.append(holder)
-            self._thread = running(self._thread, self._run, "cap-release")
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                holders, self._pending = self._pending, []
-            if holders:
-                with contextlib.suppress(redis.RedisError):  # the leases expire on their own
-                    self.redis.zrem(self.key, *holders)
-
-
 class QueryCap:
     """At most `limit` holders of `key` at once, across every process sharing the Redis."""
 
@@ -100,7 +90,6 @@ class QueryCap:
         self.limit = limit
         self.lease_ms = max(1, int(lease_seconds * 1000))
         self._acquire = client.register_script(ACQUIRE)
-        self._releaser = _Releaser(client, key)
 
     def try_acquire(self, holder: str) -> bool:
         return bool(self._acquire(keys=[self.key], args=[self.limit, holder, self.lease_ms]))
@@ -121,16 +110,23 @@ class QueryCap:
         now_ms = now_s * 1000 + now_us // 1000
         return int(self.redis.zcount(self.key, f"({now_ms}", "+inf"))
 
+    def request(self) -> SlotRequest:
+        """A slot for another script to take (START), under a new holder."""
+        return SlotRequest(self.key, self.limit, uuid.uuid4().hex, self.lease_ms)
+
     @contextmanager
-    def slot(self, deadline: float | None, max_wait: float = 10.0) -> Iterator[None]:
+    def slot(
+        self, deadline: float | None, max_wait: float = 10.0, held: str | None = None
+    ) -> Iterator[None]:
         """Hold one slot for the body; wait (polling, with backoff) until `deadline` (monotonic)
-        or at most `max_wait` s, then raise QueryCapReached."""
-        holder = uuid.uuid4().hex
+        or at most `max_wait` s, then raise QueryCapReached. `held`: the holder of a slot taken
+        already (by START), given back here like one taken here."""
+        holder = held or uuid.uuid4().hex
         give_up = time.monotonic() + max_wait
         if deadline is not None:
             give_up = min(give_up, deadline - MIN_QUERY_SECONDS)
         pause = POLL_START_SECONDS
-        while not self._try(holder):
+        while held is None and not self._try(holder):
             left = give_up - time.monotonic()
             if left <= 0:
                 raise QueryCapReached(
@@ -143,16 +139,33 @@ class QueryCap:
         try:
             yield
         finally:
-            self._releaser.put(holder)
+            with contextlib.suppress(redis.RedisError):  # the lease expires on its own
+                self.release(holder)
 
 
 class CappedSource:
     """A MetricsSource whose every query holds a slot of `cap` while it runs."""
 
-    def __init__(self, inner: MetricsSource, cap: QueryCap) -> None:
+    def __init__(self, inner: MetricsSource, cap: QueryCap, held: str | None = None) -> None:
         self.inner = inner
         self.cap = cap
         self.name = inner.name
+        self._held = held  # a slot START took for this analysis' first query
+
+    @contextmanager
+    def holding(self, held: str | None) -> Iterator[CappedSource]:
+        """This source for one analysis whose first query uses the slot `held` (taken by
+        START); the slot goes back at the end if no query used it."""
+        if held is None:
+            yield self
+            return
+        view = CappedSource(self.inner, self.cap, held)
+        try:
+            yield view
+        finally:
+            if view._held is not None:
+                with contextlib.suppress(redis.RedisError):  # the lease expires on its own
+                    self.cap.release(view._held)
 
     def observe(
         self,
@@ -161,7 +174,8 @@ class CappedSource:
         deadline: float | None = None,
         seconds: float | None = None,
     ) -> Observation:
-        with self.cap.slot(deadline):
+        held, self._held = self._held, None
+        with self.cap.slot(deadline, held=held):
             return self.inner.observe(spec, end, deadline, seconds)
 
     def observe_range(
@@ -188,3 +202,18 @@ class CappedSource:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def slot_request(source: MetricsSource) -> SlotRequest | None:
+    """What START should take along for this source's first query (None: not capped)."""
+    return source.cap.request() if isinstance(source, CappedSource) else None
+
+
+@contextmanager
+def holding(source: MetricsSource, held: str | None) -> Iterator[MetricsSource]:
+    """`source` for one analysis, its first query in the slot `held` that START took."""
+    if held is None or not isinstance(source, CappedSource):
+        yield source
+        return
+    with source.holding(held) as view:
+        yield view

@@ -25,9 +25,11 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.cluster import RedisCluster
 
 from worker import codec
 from worker.keyspace import Keys, new_analysis_id
+from worker.query_cap import TAKE_SLOT, SlotRequest
 
 # What a Lua script's ARGV takes.
 Arg = str | bytes | int | float
@@ -90,6 +92,15 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 -- The worker needs the spec next: it comes with the answer, no second round trip.
 return {'started', redis.call('HGETALL', KEYS[1])}
 """
+
+# START, and where a query slot rides along (KEYS[3] the cap's holders, ARGV[4..6] limit, holder,
+# lease ms) that slot too, for a started analysis: its query needs it next.
+START_WITH_SLOT = TAKE_SLOT + START.replace(
+    "return {'started', redis.call('HGETALL', KEYS[1])}",
+    "local slot = take_slot(KEYS[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))\n"
+    "return {'started', redis.call('HGETALL', KEYS[1]), slot}",
+)
+assert START_WITH_SLOT.count("take_slot(KEYS[3]") == 1
 
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1]
@@ -210,28 +221,43 @@ class Store:
         self.keys = Keys(prefix)
         self.retention = retention or Retention()
         self._start = client.register_script(START)
+        self._start_with_slot = client.register_script(START_WITH_SLOT)
         self._renew = client.register_script(RENEW)
         self._finish = client.register_script(FINISH)
 
     def record(self, analysis_id: str) -> dict[str, Any] | None:
         return decode_record(self.redis.hgetall(self.keys.record(analysis_id)))
 
+    @property
+    def takes_slots(self) -> bool:
+        """Whether START can take a query slot too: a script's keys must share a cluster slot,
+        and the cap's key cannot share every analysis's."""
+        return not isinstance(self.redis, RedisCluster)
+
     def start(self, analysis_id: str, worker: str, lease_seconds: float) -> str:
         return self.begin(analysis_id, worker, lease_seconds)[0]
 
     def begin(
-        self, analysis_id: str, worker: str, lease_seconds: float
-    ) -> tuple[str, dict[str, Any] | None]:
+        self,
+        analysis_id: str,
+        worker: str,
+        lease_seconds: float,
+        slot: SlotRequest | None = None,
+    ) -> tuple[str, dict[str, Any] | None, str | None]:
         """START: (started | done | taken | superseded | error | missing, the record when
-        started or done) in one round trip."""
+        started or done, the holder of `slot` when taken with it) in one round trip."""
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [worker, int(lease_seconds * 1000), time.time()]
-        reply = self._start(keys=keys, args=args)
+        if slot is not None and self.takes_slots:
+            reply = self._start_with_slot(keys=[*keys, slot.key], args=[*args, *slot.args()])
+        else:
+            reply = self._start(keys=keys, args=args)
         state = _text(reply[0])
         if len(reply) < 2:
-            return state, None
+            return state, None, None
         flat = reply[1]
-        return state, decode_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+        held = slot.holder if slot is not None and len(reply) > 2 and reply[2] == 1 else None
+        return state, decode_record(dict(zip(flat[::2], flat[1::2], strict=True))), held
 
     def renew(self, analysis_id: str, worker: str, lease_seconds: float) -> bool:
         """True while `worker` holds the analysis; False once it lost it (stop, record nothing)."""
@@ -249,7 +275,7 @@ class Store:
     ) -> str:
         """ok, or why nothing was recorded: already (done), not_holder (the lease was lost,
         the analysis superseded or taken over), missing."""
-        body = payload if isinstance(payload, str) else json.dumps(payload)
+        body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [
             worker,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from analysis.observation import Observation, SideCounts
 from analysis.sources import SourceError
-from tests.support.procs import wait_for
 from worker.query_cap import CappedSource, QueryCap, QueryCapReached, cap_key
+from worker.store import AsyncStore, Store
 
 URL = "http://prometheus.example:9090"
 
@@ -19,11 +21,6 @@ URL = "http://prometheus.example:9090"
 @pytest.fixture
 def client(redis_flushed):
     return redis_flushed.url
-
-
-def all_released(cap: QueryCap) -> None:
-    """Slots go back from the cap's own thread, a moment after the body ends."""
-    wait_for(lambda: cap.holders() == 0, 2, "the slots to be released")
 
 
 def make_cap(url: str, limit: int = 2, lease_seconds: float = 30.0) -> QueryCap:
@@ -48,7 +45,7 @@ def test_a_dead_holders_slot_comes_back_when_its_lease_expires(client):
     assert not cap.try_acquire("next")
     with cap.slot(deadline=time.monotonic() + 5):
         assert cap.holders() == 1
-    all_released(cap)
+    assert cap.holders() == 0
 
 
 def test_waiting_gives_up_at_the_deadline(client):
@@ -65,7 +62,7 @@ def test_a_slot_is_released_when_the_body_raises(client):
     cap = make_cap(client, limit=1)
     with pytest.raises(RuntimeError), cap.slot(deadline=None):
         raise RuntimeError("query failed")
-    all_released(cap)
+    assert cap.holders() == 0
     assert cap.try_acquire("next")
 
 
@@ -96,7 +93,7 @@ def test_concurrent_threads_never_exceed_the_cap(client):
         worker.join(60)
     assert not failures
     assert peak == limit  # the cap was reached and never passed
-    all_released(make_cap(client))
+    assert make_cap(client).holders() == 0
 
 
 class _Slow:
@@ -126,7 +123,7 @@ def test_capped_source_holds_a_slot_only_while_querying(client):
     source.observe_range(None, 0.0, 60.0, 15.0)
     assert observation.time == 1000.0
     assert inner.seen_holders == [1, 1]
-    all_released(cap)
+    assert cap.holders() == 0
     assert source.latest_time(None, 50.0) == 49.0
     assert source.name == "prometheus"
 
@@ -145,14 +142,66 @@ def test_each_prometheus_has_its_own_cap():
     assert cap_key("ra:", URL) != cap_key("ra:", "http://other:9090")
 
 
-def test_slots_freed_together_go_back_together_and_the_next_caller_gets_one(client):
+def test_slots_go_back_as_each_body_ends_and_the_next_caller_gets_one(client):
     cap = make_cap(client, limit=20)
     slots = [cap.slot(deadline=None) for _ in range(20)]
     for slot in slots:
         slot.__enter__()
     assert cap.holders() == 20
-    for slot in slots:
+    for given_back, slot in enumerate(slots, start=1):
         slot.__exit__(None, None, None)
-    all_released(cap)
+        assert cap.holders() == 20 - given_back
     with cap.slot(deadline=time.monotonic() + 1):
         assert cap.holders() == 1
+
+
+def queued_analysis(url: str) -> tuple[Store, str]:
+    """A store on the test Redis and the id of a new, queued analysis."""
+
+    async def claimed() -> str:
+        client = aioredis.Redis.from_url(url)
+        claim = await AsyncStore(client, "ra:test:").claim(
+            "some-identity", {"x": 1}, pending_seconds=60, result_ttl_seconds=600, now=time.time()
+        )  # fmt: skip
+        await client.aclose()
+        return claim.analysis_id
+
+    return Store(redis.Redis.from_url(url), "ra:test:"), asyncio.run(claimed())
+
+
+def test_start_takes_the_query_slot_in_the_same_script_and_the_query_uses_it(client):
+    cap = make_cap(client, limit=1)
+    store, analysis_id = queued_analysis(client)
+    state, record, held = store.begin(analysis_id, "w1", 30, cap.request())
+    assert state == "started" and record is not None and held is not None
+    assert cap.holders() == 1  # the slot is the analysis' own from START on
+    inner = _Slow(cap)
+    with CappedSource(inner, cap).holding(held) as source:
+        source.observe(None, 1000.0, time.monotonic() + 5)  # no second slot: the cap is 1
+        assert cap.holders() == 0  # given back when the query answered, as always
+        source.observe(None, 1001.0, time.monotonic() + 5)  # a second query takes its own
+    assert inner.seen_holders == [1, 1]
+    assert cap.holders() == 0
+
+
+def test_a_slot_start_took_goes_back_when_no_query_uses_it(client):
+    cap = make_cap(client, limit=1)
+    store, analysis_id = queued_analysis(client)
+    _, _, held = store.begin(analysis_id, "w1", 30, cap.request())
+    with CappedSource(_Slow(cap), cap).holding(held):
+        assert cap.holders() == 1
+    assert cap.holders() == 0
+
+
+def test_start_takes_no_slot_when_the_cap_is_full_or_the_analysis_does_not_start(client):
+    cap = make_cap(client, limit=1)
+    assert cap.try_acquire("someone-else")
+    store, analysis_id = queued_analysis(client)
+    state, _, held = store.begin(analysis_id, "w1", 30, cap.request())
+    assert (state, held) == ("started", None)  # the query will wait for a slot as usual
+    assert cap.holders() == 1
+    # An analysis START does not start (held by a live worker, done, missing) takes no slot.
+    cap.release("someone-else")
+    assert store.begin(analysis_id, "w2", 30, cap.request())[0] == "taken"
+    assert store.begin("f" * 32, "w2", 30, cap.request())[0] == "missing"
+    assert cap.holders() == 0
