@@ -29,7 +29,7 @@ from analysis.histogram import (
 )
 from analysis.observation import Observation, SideCounts
 from analysis.policy import Policy, Thresholds, quantile_label
-from analysis.stats import binomial_greater, two_proportions_greater
+from analysis.stats import TestResult, binomial_greater, two_proportions_greater
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 NAN = math.nan
@@ -349,14 +349,19 @@ def latency_regression(look: Look) -> Iterator[Check]:
     t = policy.thresholds
     if not (enough(c.observations, t.min_requests) and enough(b.observations, t.min_requests)):
         return
+    tested: dict[tuple[float, float, float, float], TestResult] = {}
     for q in policy.quantiles:
         label = quantile_label(q)
         table = tail_table(q, c.buckets, b.buckets)
         if table is None:
             continue
-        test = two_proportions_greater(
+        # Neighbouring quantiles often land on the same bound, hence the same table.
+        counts = (
             table.canary_above, table.canary_total, table.baseline_above, table.baseline_total
-        )
+        )  # fmt: skip
+        test = tested.get(counts)
+        if test is None:
+            test = tested[counts] = two_proportions_greater(*counts)
         beyond, _, tolerance = latency_beyond_tolerance(label, q, c, b, t)
         failed = beyond and test.p_value < look.alpha
         reason = (
