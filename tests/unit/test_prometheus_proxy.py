@@ -1,18 +1,25 @@
 """Which proxy the Prometheus client goes through (analysis/sources/prometheus_http.py): the
-environment's HTTP(S)_PROXY, except for hosts NO_PROXY names by suffix or by network."""
+environment's HTTP(S)_PROXY (urllib3's ProxyManager), except for hosts NO_PROXY names by suffix
+or by network, which are reached directly (the http.client keep-alive pool)."""
 
 from __future__ import annotations
 
 import urllib3
 
 from analysis.sources.prometheus import PrometheusConfig
-from analysis.sources.prometheus_http import PrometheusHTTP
+from analysis.sources.prometheus_http import DirectPool, PrometheusHTTP, ProxiedPool
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
-def pool_for(url: str) -> urllib3.PoolManager:
-    return PrometheusHTTP(PrometheusConfig(url=url)).pool
+def pool_for(url: str) -> DirectPool | ProxiedPool:
+    return PrometheusHTTP(PrometheusConfig(url=url)).transport
+
+
+def proxied(url: str) -> bool:
+    pool = pool_for(url)
+    assert isinstance(pool, DirectPool | ProxiedPool), pool
+    return isinstance(pool, ProxiedPool)
 
 
 def environment(monkeypatch, **values: str) -> None:
@@ -27,9 +34,11 @@ def environment(monkeypatch, **values: str) -> None:
 def test_the_environments_proxy_is_used(monkeypatch):
     environment(monkeypatch, HTTP_PROXY="http://user:secret@proxy.example:3128")
     pool = pool_for("http://10.1.2.3:9090")
-    assert isinstance(pool, urllib3.ProxyManager)
-    assert pool.proxy is not None and pool.proxy.host == "proxy.example"
-    assert pool.proxy_headers.get("proxy-authorization", "").startswith("Basic ")
+    assert isinstance(pool, ProxiedPool)
+    manager = pool.manager
+    assert isinstance(manager, urllib3.ProxyManager)
+    assert manager.proxy is not None and manager.proxy.host == "proxy.example"
+    assert manager.proxy_headers.get("proxy-authorization", "").startswith("Basic ")
 
 
 def test_no_proxy_by_network_and_by_suffix(monkeypatch):
@@ -39,8 +48,8 @@ def test_no_proxy_by_network_and_by_suffix(monkeypatch):
         NO_PROXY="10.0.0.0/8, .svc.cluster.local",
     )
     for url in ("http://10.1.2.3:9090", "http://prometheus.monitoring.svc.cluster.local:9090"):
-        assert not isinstance(pool_for(url), urllib3.ProxyManager), url
-    assert isinstance(pool_for("http://192.168.1.5:9090"), urllib3.ProxyManager)
+        assert not proxied(url), url
+    assert proxied("http://192.168.1.5:9090")
 
 
 def test_no_proxy_configured_means_a_direct_pool(monkeypatch):
@@ -53,4 +62,6 @@ def test_no_proxy_configured_means_a_direct_pool(monkeypatch):
         "all_proxy",
     ):
         monkeypatch.delenv(name, raising=False)
-    assert not isinstance(pool_for("http://10.1.2.3:9090"), urllib3.ProxyManager)
+    pool = pool_for("http://10.1.2.3:9090")
+    assert isinstance(pool, DirectPool)
+    assert (pool.host, pool.port) == ("10.1.2.3", 9090)
