@@ -28,7 +28,7 @@ from webhooks.recent import Answer as RecentAnswer
 from webhooks.schemas import AnalysisAnswer, answers, inline_refs
 from worker import tracing
 from worker.keyspace import new_analysis_id
-from worker.store import Claim
+from worker.store import RESULT_TEXT, Claim
 from worker.task_names import ANALYZE_TASK
 
 log = logging.getLogger("rollout_analyzer.webhook")
@@ -146,7 +146,8 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
             report_url=page,
         )
     if status == "done":
-        return finished(ctx, spec, claim, {**result, "report_url": page}, raw_key)  # type: ignore[dict-item]
+        text = (record or {}).get(RESULT_TEXT)
+        return finished(ctx, spec, claim, result, page, raw_key, text)
     if status == "error":
         detail = (record or {}).get("error")
         message = detail.get("error") if isinstance(detail, dict) else str(detail)
@@ -208,6 +209,14 @@ async def claim_and_enqueue(
     return claim, expected
 
 
+def answer_body(result: dict[str, Any], page: str, text: str | None = None) -> bytes:
+    """The result with its page's address, as compact JSON; from `text` (the result's JSON as
+    the worker wrote it) without parsing and dumping it again."""
+    if text and text.endswith("}") and result and "report_url" not in result:
+        return f'{text[:-1]},"report_url":{json.dumps(page)}}}'.encode()
+    return json.dumps({**result, "report_url": page}, separators=(",", ":")).encode()
+
+
 def describe_request(
     request: Request, spec: AnalysisSpec, claim: Claim, result: dict[str, Any] | None
 ) -> None:
@@ -224,10 +233,17 @@ def describe_request(
 
 
 def finished(
-    ctx: WebhookContext, spec: AnalysisSpec, claim: Claim, result: dict[str, Any], raw_key: bytes
+    ctx: WebhookContext,
+    spec: AnalysisSpec,
+    claim: Claim,
+    result: dict[str, Any],
+    page: str,
+    raw_key: bytes,
+    text: str | None = None,
 ) -> Response:
     """A done analysis (its answer: the result and its page): count it, remember a
-    latest-window answer for its reuse window."""
+    latest-window answer for its reuse window. `text`: the result's JSON as the worker wrote
+    it (from the completion message), answered as it is."""
     verdict = result.get("verdict")
     metrics = ctx.metrics
     metrics.verdicts.labels(verdict).inc()
@@ -238,7 +254,7 @@ def finished(
             timing.get("duration_seconds", 0), exemplar=tracing.exemplar()
         )
         metrics.queue_wait.observe(timing.get("queue_wait_seconds", 0))
-    body = json.dumps(result, separators=(",", ":")).encode()
+    body = answer_body(result, page, text)
     finished_at = (result.get("timing") or {}).get("finished_at", 0.0)
     left = finished_at + ctx.settings.reuse_seconds - time.time()
     if spec.end is None and left > 0:

@@ -201,6 +201,13 @@ def completion_message(status: str, body: str) -> str:
     return f'{{"status":{json.dumps(status)},"{field}":{value}}}'
 
 
+# How a done analysis' completion message begins (completion_message).
+_DONE = '{"status":"done","result":'
+# The record field holding a done result's JSON text as the worker wrote it: the webhook answers
+# with it as it is (worker/store.py writes compact JSON), not parsed and dumped again.
+RESULT_TEXT = "result_text"
+
+
 def decode_completion(message: bytes | str) -> dict[str, Any] | None:
     """The final record from a completion message; None from a worker that sent the bare
     status (before the message carried the outcome): the waiter reads the record then."""
@@ -208,6 +215,8 @@ def decode_completion(message: bytes | str) -> dict[str, Any] | None:
     if not text.startswith("{"):
         return None
     record: dict[str, Any] = json.loads(text)
+    if text.startswith(_DONE) and isinstance(record.get("result"), dict):
+        record[RESULT_TEXT] = text[len(_DONE) : -1]
     return record
 
 
