@@ -55,6 +55,9 @@ def make_celery(settings: Settings) -> Celery:
             # Redelivery of an unacknowledged task after a worker died. Our lease recovers
             # faster (see README); this is the fallback, kept above the hard time limit.
             "visibility_timeout": max(300, int(settings.task_time_limit * 4)),
+            # BRPOP's server-side timeout: an idle worker re-issues it this often (1 s by default:
+            # a third of an idle worker's CPU). Messages never wait for it.
+            "polling_interval": 5,
             "socket_connect_timeout": 1,
             "socket_timeout": 3,
             # A worker reading both queues takes analyses first (worker/queues.py lists them
