@@ -15,17 +15,21 @@ A configuration is `env` (more environment for its services) and/or `pythonpath`
 their PYTHONPATH: another checkout of this repository, or a directory with a sitecustomize.py
 that changes something before the services start, e.g. `sys.modules["hiredis"] = None`).
 AB_ROUNDS sets the calls per configuration (300). Prints p50, p90 and the ratio to the floor,
-and the worker and webhook CPU per analysis from /proc, per configuration.
+and the worker and webhook CPU per analysis from /proc, per configuration. AB_BURSTS=N adds N
+bursts of 500 distinct rollouts at once per configuration (the bench's item 5), the
+configurations taking turns: throughput, errors and worker CPU per analysis of each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +41,22 @@ from prometheus_api_client import PrometheusConnect
 from analysis.policy import PolicySet
 from analysis.queries import build_query
 from analysis.request import parse_request, resolve
-from tests.perf.bench import CAP, CONCURRENCY, WORKERS, body_for, cpu_seconds, fresh_end
+from tests.perf.bench import (
+    BURST,
+    CAP,
+    CONCURRENCY,
+    WORKERS,
+    body_for,
+    call_many,
+    cpu_seconds,
+    fresh_end,
+)
 from tests.perf.dataset import start_prometheus
 from tests.support.procs import RedisServer
 from tests.support.service import Webhook, Worker, service_env
 
 ROUNDS = int(os.environ.get("AB_ROUNDS", "300"))
+BURSTS = int(os.environ.get("AB_BURSTS", "0"))
 WARM_UP = 30
 
 
@@ -133,12 +147,40 @@ def main() -> None:
                 f"p90 {ordered[int(len(ordered) * 0.9)] * 1000:.2f} ms; CPU per analysis: "
                 f"workers {workers:.2f} ms, webhook {webhook:.2f} ms"
             )
+        if BURSTS:
+            bursts(sides)
     finally:
         for side in sides:
             side.stop()
         prometheus.stop()
         store.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bursts(sides: list[Side]) -> None:
+    """BURSTS rounds of a burst of 500 per configuration, taking turns (item 5 of the bench)."""
+    seen: dict[str, dict[str, float]] = {
+        side.name: {"ok": 0, "errors": 0, "wall": 0.0, "cpu": 0.0} for side in sides
+    }
+    for n in range(BURSTS):
+        for side in sides if n % 2 == 0 else reversed(sides):
+            run = uuid.uuid4().hex[:6]
+            bodies = [body_for(i, f"burst-{run}-{i}") for i in range(BURST)]
+            cpu_before = side.cpu()[0]
+            began = time.perf_counter()
+            results = asyncio.run(call_many(side.webhook.url, bodies))
+            totals = seen[side.name]
+            totals["wall"] += time.perf_counter() - began
+            totals["cpu"] += side.cpu()[0] - cpu_before
+            statuses = [status for _, status, _ in results]
+            totals["ok"] += statuses.count(200)
+            totals["errors"] += len(statuses) - statuses.count(200)
+    for name, totals in seen.items():
+        print(
+            f"{name}: bursts of {BURST} x{BURSTS}: {totals['ok'] / totals['wall']:.1f}/s, "
+            f"{totals['errors']:.0f} errors or timeouts; worker CPU per analysis "
+            f"{totals['cpu'] / max(1, totals['ok']) * 1000:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
