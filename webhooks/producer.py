@@ -17,10 +17,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
+from celery.utils.saferepr import saferepr
 
 from worker import tracing
 
 DIRECT_SCHEMES = ("redis://", "rediss://")
+
+# A task's message without its id and arguments: headers, properties, embedded options.
+Template = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
 
 
 def publishes_directly(broker_url: str) -> bool:
@@ -34,15 +38,17 @@ class RedisTaskProducer:
         self._app = app
         self._client = client
         self.queue = queue  # the list kombu's Redis transport reads (priority 0)
+        self._templates: dict[str, Template] = {}
 
     def envelope(self, task: str, args: list[Any]) -> bytes:
         """The bytes `send_task(task, args=args, queue=queue)` would push (kombu Redis)."""
         task_id = str(uuid.uuid4())
-        # Results live in our store (task_ignore_result): say so, or the worker writes them.
-        message = self._app.amqp.as_task_v2(task_id, task, args=args, ignore_result=True)
-        headers = dict(message.headers)
+        # Celery's message for this task once, then per call only what differs (its id and
+        # arguments): building it whole cost ~0.08 ms on the path to the claim.
+        headers, properties, embed = self._template(task)
+        headers = {**headers, "id": task_id, "root_id": task_id, "argsrepr": saferepr(args)}
         tracing.inject(headers)  # what the before_task_publish hook does for send_task
-        body = json.dumps(message.body).encode()
+        body = json.dumps([args, {}, embed]).encode()
         return json.dumps(
             {
                 "body": base64.b64encode(body).decode(),
@@ -50,7 +56,8 @@ class RedisTaskProducer:
                 "content-type": "application/json",
                 "headers": headers,
                 "properties": {
-                    **message.properties,
+                    **properties,
+                    "correlation_id": task_id,
                     "delivery_mode": 2,
                     "delivery_info": {"exchange": "", "routing_key": self.queue},
                     "priority": 0,
@@ -59,6 +66,15 @@ class RedisTaskProducer:
                 },
             }
         ).encode()
+
+    def _template(self, task: str) -> Template:
+        """Celery's headers, properties and embedded options for `task`, with no arguments.
+        Results live in our store (task_ignore_result): say so, or the worker writes them."""
+        if task not in self._templates:
+            message = self._app.amqp.as_task_v2("", task, args=[], ignore_result=True)
+            parts = dict(message.headers), dict(message.properties), dict(message.body[2])
+            self._templates[task] = parts
+        return self._templates[task]
 
     async def publish(self, task: str, args: list[Any]) -> None:
         await self._client.lpush(self.queue, self.envelope(task, args))

@@ -1,4 +1,4 @@
-"""The worker's helper threads (lease renewals, query-slot releases) start on first use."""
+"""The worker's helper thread (lease renewals) starts on first use."""
 
 from __future__ import annotations
 

@@ -37,10 +37,16 @@ def test_the_message_is_the_one_send_task_writes(redis_flushed):
         async_client = aioredis.Redis.from_url(redis_flushed.url)
         producer = RedisTaskProducer(app, async_client, "ra-producer")
         await producer.publish(ANALYZE_TASK, ["a" * 32])
+        await producer.publish(ANALYZE_TASK, ["b" * 32])  # the same task's message again
         await producer.close()
 
     asyncio.run(publish())
-    ours = pushed(client, "ra-producer")
+    ours, again = pushed(client, "ra-producer"), pushed(client, "ra-producer")
+    # Each message its own: id, arguments and their repr (the rest is built once per task).
+    assert again["body"][0] == ["b" * 32] and again["headers"]["argsrepr"] == repr(["b" * 32])
+    assert again["headers"]["id"] == again["headers"]["root_id"] != ours["headers"]["id"]
+    assert again["properties"]["correlation_id"] == again["headers"]["id"]
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
 
     assert ours["body"] == theirs["body"]
     assert set(ours) == set(theirs)
