@@ -22,7 +22,7 @@ from worker import codec
 from worker.followup import Followup
 from worker.keyspace import Keys
 from worker.sequences import SequenceStore
-from worker.store import AsyncStore, Store, decode_completion, decode_record
+from worker.store import RESULT_TEXT, AsyncStore, Store, decode_completion, decode_record
 
 RESULT = {
     "verdict": "pass",
@@ -80,8 +80,12 @@ def test_the_stored_result_is_packed_and_every_reader_gets_it_back(kv, redis_flu
     analysis_id, messages = finished(redis_flushed.url, RESULT)
     key = Keys("ra:").record(analysis_id)
     assert kv.hget(key, "result").startswith(codec.MARK)
-    # The completion message is not kept: it stays plain JSON for the waiting webhook.
-    assert decode_completion(messages[0]["data"]) == {"status": "done", "result": RESULT}
+    # The completion message is not kept: it stays plain JSON for the waiting webhook, which
+    # answers with the result's text as it came.
+    announced = decode_completion(messages[0]["data"])
+    assert announced is not None
+    assert (announced["status"], announced["result"]) == ("done", RESULT)
+    assert json.loads(announced[RESULT_TEXT]) == RESULT
     assert Store(kv).record(analysis_id)["result"] == RESULT
 
     async def webhook_reads() -> tuple:
