@@ -103,6 +103,7 @@ class InProcessDispatcher:
                 budget_seconds=settings.task_soft_time_limit - 1,
                 after=followup.on_verdict,
                 sequences=sequences,
+                history=followup.history,
             )
 
         self._tasks: dict[str, Callable[..., Any]] = {

@@ -147,7 +147,6 @@ class Followup:
 
         Only a live analysis has one: a replay of a past window never acts on the present."""
         key = rollout_key(result)
-        self.history.poll(result)  # every poll is on the timeline, replays marked as such
         if result.get("live") is not True:
             # Per poll, and "analysis finished" said it already: debug only.
             log.debug("replay: no event", extra={"rollout_key": key, "state": "replay"})

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -98,6 +99,19 @@ def _compact(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class PollEntry:
+    """One poll on a rollout's timeline: its sorted set, its summary, its window's end."""
+
+    key: str
+    member: str
+    score: float
+
+    def args(self) -> list[str | float | int]:
+        """For a script: member, score, how many polls are kept, how long (seconds)."""
+        return [self.member, self.score, MAX_POLLS, HISTORY_TTL_SECONDS]
+
+
 class History:
     """Worker side (synchronous redis)."""
 
@@ -107,21 +121,27 @@ class History:
         self.prefix = f"{prefix}history:"
         self._last_seen: OrderedDict[str, float] = OrderedDict()
 
-    def poll(self, result: dict[str, Any]) -> None:
-        key = rollout_key(result)
+    def entry(self, result: dict[str, Any]) -> PollEntry:
+        """The poll's line on its rollout's timeline (FINISH can write it: worker/store.py)."""
         live = result.get("live")
         if live is None:  # answers gain `live` later; until then: no explicit `end` = live
             spec = self.redis.hget(self.keys.record(result["analysis_id"]), "spec")
             live = spec is None or json.loads(spec).get("end") is None
         summary = poll_summary(result, bool(live))
-        at = parse_time(summary["time"])
+        polls = f"{self.prefix}polls:{rollout_key(result)}"
+        return PollEntry(polls, stored_summary(summary), parse_time(summary["time"]))
+
+    def poll(self, result: dict[str, Any], recorded: bool = False) -> None:
+        """Put the poll on its rollout's timeline, unless FINISH `recorded` it already."""
         pipe = self.redis.pipeline(transaction=False)
-        polls = f"{self.prefix}polls:{key}"
-        pipe.zadd(polls, {stored_summary(summary): at})
-        pipe.zremrangebyrank(polls, 0, -MAX_POLLS - 1)
-        pipe.expire(polls, HISTORY_TTL_SECONDS)
-        self._seen(pipe, key, result, time.time())
-        pipe.execute()
+        if not recorded:
+            entry = self.entry(result)
+            pipe.zadd(entry.key, {entry.member: entry.score})
+            pipe.zremrangebyrank(entry.key, 0, -MAX_POLLS - 1)
+            pipe.expire(entry.key, HISTORY_TTL_SECONDS)
+        self._seen(pipe, rollout_key(result), result, time.time())
+        if len(pipe):
+            pipe.execute()
 
     def _seen(self, pipe: Any, key: str, result: dict[str, Any], at: float) -> None:
         """When a rollout (revision) was last analysed: the index pages sort by it. Written at

@@ -23,6 +23,7 @@ from analysis.request import AnalysisSpec, RequestError
 from analysis.sequential import Poll, advance
 from analysis.sources import MetricsSource, SourceError
 from worker import tracing
+from worker.history import History
 from worker.query_cap import holding, slot_request
 from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
@@ -161,10 +162,14 @@ def execute(
     budget_seconds: float,
     after: Callable[[dict[str, Any]], None] | None = None,
     sequences: SequenceStore | None = None,
+    history: History | None = None,
 ) -> str:
-    """Compute and record one analysis; returns what happened (started/done/taken/…)."""
+    """Compute and record one analysis; returns what happened (started/done/taken/…).
+
+    A done analysis goes on its rollout's timeline (`history`, the report pages), then to
+    `after` (its event)."""
     # START takes the query's slot too where it can: one round trip less (worker/query_cap.py).
-    slot = slot_request(source) if store.takes_slots else None
+    slot = slot_request(source) if store.on_one_node else None
     state, found, held = store.begin(analysis_id, worker, lease_seconds, slot)
     record = found or {}
     tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
@@ -178,7 +183,9 @@ def execute(
             and "verdict" in result
         ):
             # A redelivery after the follow-up may have been cut short: offer it again;
-            # the follow-up is idempotent per event and step.
+            # the follow-up is idempotent per event and step, a poll's line per poll.
+            if history is not None:
+                history.poll(result)
             after(result)
         return state
     queued_at = float(record.get("queued_at", time.time()))
@@ -217,8 +224,11 @@ def execute(
         "duration_seconds": round(finished - started, 6),
     }
     tracing.set_attributes(tracing.analysis_attributes(payload))
+    # FINISH draws the poll's line on the timeline too where it can: one round trip less.
+    one_trip = history is not None and status == "done" and store.on_one_node
+    line = history.entry(payload) if history is not None and one_trip else None
     outcome = store.finish(
-        analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds
+        analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds, poll=line
     )
     if outcome != "ok":
         # FINISH refused: the lease lapsed between the check above and the script.
@@ -238,9 +248,12 @@ def execute(
             "round_trips": (payload.get("source") or {}).get("round_trips"),
         },
     )
-    if after is not None and status == "done":
+    if status == "done":
         try:
-            after(payload)
+            if history is not None:
+                history.poll(payload, recorded=line is not None)
+            if after is not None:
+                after(payload)
         except Exception:  # the verdict stands; a redelivery or the next poll retries the event
             log.exception("follow-up failed", extra={"analysis_id": analysis_id})
     return status

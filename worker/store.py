@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.cluster import RedisCluster
 
 from worker import codec
+from worker.history import PollEntry
 from worker.keyspace import Keys, new_analysis_id
 from worker.query_cap import TAKE_SLOT, SlotRequest
 
@@ -149,6 +150,20 @@ redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 'ok'
 """
 
+# FINISH, and where the poll's line on its rollout's timeline rides along (KEYS[3] the rollout's
+# polls, ARGV[12..15] member, score, polls kept, TTL: worker/history.py) that line too, for a done
+# analysis: one round trip less after each analysis.
+FINISH_WITH_POLL = FINISH.replace(
+    "-- The message carries the outcome itself",
+    "if ARGV[2] == 'done' then\n"
+    "  redis.call('ZADD', KEYS[3], ARGV[13], ARGV[12])\n"
+    "  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[14]) - 1)\n"
+    "  redis.call('EXPIRE', KEYS[3], ARGV[15])\n"
+    "end\n"
+    "-- The message carries the outcome itself",
+)
+assert FINISH_WITH_POLL.count("ZREMRANGEBYRANK") == 1
+
 # The webhook's undo of its own claim when the task could not be enqueued. A wait_for timeout
 # may hide an enqueue that did happen: once a worker started the analysis, it is the worker's.
 ABANDON = """
@@ -233,14 +248,16 @@ class Store:
         self._start_with_slot = client.register_script(START_WITH_SLOT)
         self._renew = client.register_script(RENEW)
         self._finish = client.register_script(FINISH)
+        self._finish_with_poll = client.register_script(FINISH_WITH_POLL)
 
     def record(self, analysis_id: str) -> dict[str, Any] | None:
         return decode_record(self.redis.hgetall(self.keys.record(analysis_id)))
 
     @property
-    def takes_slots(self) -> bool:
-        """Whether START can take a query slot too: a script's keys must share a cluster slot,
-        and the cap's key cannot share every analysis's."""
+    def on_one_node(self) -> bool:
+        """Whether a script may touch keys of any hash slot (START a query slot, FINISH a
+        poll's line): not in a cluster, where the cap's and the timeline's keys cannot share
+        every analysis's slot."""
         return not isinstance(self.redis, RedisCluster)
 
     def start(self, analysis_id: str, worker: str, lease_seconds: float) -> str:
@@ -257,7 +274,7 @@ class Store:
         started or done, the holder of `slot` when taken with it) in one round trip."""
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [worker, int(lease_seconds * 1000), time.time()]
-        if slot is not None and self.takes_slots:
+        if slot is not None and self.on_one_node:
             reply = self._start_with_slot(keys=[*keys, slot.key], args=[*args, *slot.args()])
         else:
             reply = self._start(keys=keys, args=args)
@@ -281,9 +298,11 @@ class Store:
         status: str,
         payload: dict[str, Any] | str,
         reuse_seconds: float,
+        poll: PollEntry | None = None,
     ) -> str:
         """ok, or why nothing was recorded: already (done), not_holder (the lease was lost,
-        the analysis superseded or taken over), missing."""
+        the analysis superseded or taken over), missing. `poll`: the analysis' line on its
+        rollout's timeline, written with a done result (only on one node: see on_one_node)."""
         body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [
@@ -299,6 +318,10 @@ class Store:
             self.retention.replaced_ttl_seconds,
             self.retention.result_ttl_seconds,
         ]
+        if poll is not None and self.on_one_node:
+            keys.append(poll.key)
+            args.extend(poll.args())
+            return _text(self._finish_with_poll(keys=keys, args=args))
         return _text(self._finish(keys=keys, args=args))
 
     def heartbeat(self, worker: str) -> None:

@@ -80,6 +80,7 @@ def analyze(analysis_id: str) -> str:
         budget_seconds=settings.task_soft_time_limit - 1,
         after=followup().on_verdict,
         sequences=_sequences(),
+        history=followup().history,
     )
 
 

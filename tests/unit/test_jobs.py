@@ -5,6 +5,7 @@ records nothing and hands nothing on."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from analysis.observation import Observation
 from analysis.policy import PolicySet
 from analysis.request import AnalysisSpec, parse_request, resolve
 from analysis.sources.recording import RecordingSource
+from worker.history import History, rollout_key
 from worker.jobs import execute
 from worker.store import AsyncStore, Store
 
@@ -85,6 +87,7 @@ def run(
     source: Any,
     handed_on: list[dict[str, Any]],
     lease_seconds: float = 5,
+    history: History | None = None,
 ) -> str:
     return execute(
         store,
@@ -96,6 +99,7 @@ def run(
         reuse_seconds=15,
         budget_seconds=10,
         after=handed_on.append,
+        history=history,
     )
 
 
@@ -189,3 +193,29 @@ def test_an_errored_analysis_is_final(world):
     handed_on: list[dict[str, Any]] = []
     assert run(store, analysis_id, "w1", InterruptedSource(), handed_on) == "error"
     assert handed_on == []
+
+
+def test_a_done_analysis_is_on_its_rollouts_timeline_once_written_with_its_result(world):
+    """FINISH draws the poll's line on the timeline (the report pages) in the same script as
+    the result, on one Redis; a redelivered task draws the same line, not a second one."""
+    store, url = world
+    history = History(store.redis, "ra:")
+    analysis_id = claim(url)
+    lines: list[int] = []
+    source = InterruptedSource()
+    finish = store.finish
+
+    def finish_and_look(*args: Any, **kwargs: Any) -> str:
+        outcome = finish(*args, **kwargs)
+        lines.append(store.redis.zcard(polls))  # before anything else is written
+        return outcome
+
+    polls = f"ra:history:polls:{rollout_key({**REQUEST})}"
+    store.finish = finish_and_look  # type: ignore[method-assign]
+    assert run(store, analysis_id, "w1", source, [], history=history) == "done"
+    assert lines == [1]
+    assert run(store, analysis_id, "w2", source, [], history=history) == "done"  # redelivered
+    entries = store.redis.zrange(polls, 0, -1, withscores=True)
+    assert len(entries) == 1
+    summary = json.loads(entries[0][0])
+    assert summary["analysis_id"] == analysis_id

@@ -8,6 +8,7 @@ import time
 import fakeredis
 import pytest
 
+from worker.history import HISTORY_TTL_SECONDS, MAX_POLLS, PollEntry
 from worker.store import AsyncStore, Store
 
 
@@ -102,3 +103,46 @@ def test_abandoned_claim_frees_the_identity(stores):
     asyncio.run(astore.abandon("abc", first.analysis_id, "enqueue failed"))
     assert store.record(first.analysis_id)["status"] == "error"
     assert claim(astore).is_new
+
+
+def test_finish_draws_the_polls_line_only_for_a_done_result_it_records(stores):
+    """FINISH with a poll's line (worker/history.py): written in the same script as a done
+    result; never for an error, never by a worker whose FINISH is refused."""
+    store, astore = stores
+    polls = "ra:history:polls:shop/checkout@7"
+
+    def line(n: int) -> PollEntry:
+        return PollEntry(polls, f'{{"poll":{n}}}', 1000.0 + n)
+
+    refused = claim(astore, "refused")
+    store.start(refused.analysis_id, "w1", 5)
+    outcome = store.finish(
+        refused.analysis_id, "w2", status="done", payload={"verdict": "pass"}, reuse_seconds=1,
+        poll=line(1),
+    )  # fmt: skip
+    assert outcome == "not_holder" and store.redis.zcard(polls) == 0
+    failed = claim(astore, "failed")
+    store.start(failed.analysis_id, "w1", 5)
+    store.finish(failed.analysis_id, "w1", status="error", payload="no data", reuse_seconds=1,
+                 poll=line(2))  # fmt: skip
+    assert store.redis.zcard(polls) == 0
+    done = claim(astore, "done")
+    store.start(done.analysis_id, "w1", 5)
+    store.finish(done.analysis_id, "w1", status="done", payload={"verdict": "fail"},
+                 reuse_seconds=1, poll=line(3))  # fmt: skip
+    assert store.redis.zrange(polls, 0, -1, withscores=True) == [(b'{"poll":3}', 1003.0)]
+    assert 0 < store.redis.ttl(polls) <= HISTORY_TTL_SECONDS
+
+
+def test_finish_keeps_the_newest_polls_of_a_timeline_as_the_pages_history_does(stores):
+    store, astore = stores
+    polls = "ra:history:polls:shop/checkout@8"
+    for n in range(MAX_POLLS + 3):
+        analysis = claim(astore, f"poll-{n}")
+        store.start(analysis.analysis_id, "w1", 5)
+        line = PollEntry(polls, f'{{"poll":{n}}}', 1000.0 + n)
+        store.finish(analysis.analysis_id, "w1", status="done", payload={"verdict": "pass"},
+                     reuse_seconds=1, poll=line)  # fmt: skip
+    kept = store.redis.zrange(polls, 0, -1)
+    assert len(kept) == MAX_POLLS
+    assert kept[0] == b'{"poll":3}' and kept[-1] == f'{{"poll":{MAX_POLLS + 2}}}'.encode()
