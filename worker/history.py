@@ -133,23 +133,28 @@ class History:
 
     def poll(self, result: dict[str, Any], recorded: bool = False) -> None:
         """Put the poll on its rollout's timeline, unless FINISH `recorded` it already."""
+        key, at = rollout_key(result), time.time()
+        seen = self._seen_due(key, at)
+        if recorded and not seen:
+            return  # most polls: FINISH wrote all there was to write
         pipe = self.redis.pipeline(transaction=False)
         if not recorded:
             entry = self.entry(result)
             pipe.zadd(entry.key, {entry.member: entry.score})
             pipe.zremrangebyrank(entry.key, 0, -MAX_POLLS - 1)
             pipe.expire(entry.key, HISTORY_TTL_SECONDS)
-        self._seen(pipe, rollout_key(result), result, time.time())
-        if len(pipe):
-            pipe.execute()
+        if seen:
+            self._seen(pipe, key, result, at)
+        pipe.execute()
 
-    def _seen(self, pipe: Any, key: str, result: dict[str, Any], at: float) -> None:
+    def _seen_due(self, key: str, at: float) -> bool:
         """When a rollout (revision) was last analysed: the index pages sort by it. Written at
         most every SEEN_EVERY_SECONDS per rollout by this process (to the index, a poll 30 s
         later is news; five commands per poll were 5 % of a worker's CPU)."""
         last = self._last_seen.get(key)
-        if last is not None and at - last < SEEN_EVERY_SECONDS:
-            return
+        return last is None or at - last >= SEEN_EVERY_SECONDS
+
+    def _seen(self, pipe: Any, key: str, result: dict[str, Any], at: float) -> None:
         self._last_seen[key] = at
         self._last_seen.move_to_end(key)
         while len(self._last_seen) > MAX_SEEN_REMEMBERED:

@@ -225,8 +225,9 @@ def execute(
     }
     tracing.set_attributes(tracing.analysis_attributes(payload))
     # FINISH draws the poll's line on the timeline too where it can: one round trip less.
-    one_trip = history is not None and status == "done" and store.on_one_node
-    line = history.entry(payload) if history is not None and one_trip else None
+    line = None
+    if history is not None and status == "done" and store.on_one_node:
+        line = history.entry(payload)
     outcome = store.finish(
         analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds, poll=line
     )
