@@ -14,8 +14,9 @@ client library, plus one Redis ping) measured in the same rounds.
 A configuration is `env` (more environment for its services) and/or `pythonpath` (put first on
 their PYTHONPATH: another checkout of this repository, or a directory with a sitecustomize.py
 that changes something before the services start, e.g. `sys.modules["hiredis"] = None`).
-AB_ROUNDS sets the calls per configuration (300). Prints p50, p90 and the ratio to the floor,
-and the worker and webhook CPU per analysis from /proc, per configuration. AB_BURSTS=N adds N
+AB_ROUNDS sets the calls per configuration (300), AB_GAP_MS a pause after each round (0: `make
+bench` has ~35 ms). Prints p50, p90 and the ratio to the floor, and the worker and webhook CPU per
+analysis from /proc, per configuration. AB_BURSTS=N adds N
 bursts of 500 distinct rollouts at once per configuration (the bench's item 5), the
 configurations taking turns: throughput, errors and worker CPU per analysis of each.
 """
@@ -57,6 +58,9 @@ from tests.support.service import Webhook, Worker, service_env
 
 ROUNDS = int(os.environ.get("AB_ROUNDS", "300"))
 BURSTS = int(os.environ.get("AB_BURSTS", "0"))
+# A pause after each round, as `make bench` has (its naive and floor queries, ~35 ms): processes
+# idle between analyses wake up slower.
+GAP_SECONDS = float(os.environ.get("AB_GAP_MS", "0")) / 1000
 WARM_UP = 30
 
 
@@ -133,6 +137,7 @@ def main() -> None:
             prom.custom_query(expr, params={"time": fresh_end()})
             kv.ping()
             floor.append(time.perf_counter() - began)
+            time.sleep(GAP_SECONDS)
         floor_p50 = statistics.median(floor)
         print(f"floor p50 {floor_p50 * 1000:.2f} ms ({ROUNDS} rounds)")
         for side in sides:
