@@ -27,7 +27,6 @@ from worker.history import History
 from worker.query_cap import holding, slot_request
 from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
-from worker.threads import running
 
 log = logging.getLogger("rollout_analyzer.worker")
 
@@ -78,7 +77,9 @@ class LeaseRenewer:
     def add(self, lease: Lease) -> None:
         with self._lock:
             self._leases.add(lease)
-            self._thread = running(self._thread, self._run, "leases")
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
+                self._thread.start()
             # Leases share one period, so a new one is rarely due before the next wake: only
             # then wake the thread (a wake per analysis cost more than its renewals).
             if lease.due < self._asleep_until:
