@@ -7,7 +7,9 @@ a slot frees it when its lease runs out; a live holder releases on exit. Waiting
 analysis deadline: a caller that cannot get a slot in time gets a SourceError, never a verdict.
 A slot is given back as soon as the query has answered, by the thread that ran it (a thread of
 its own for this saved one round trip on the path to Argo's answer but cost more CPU in thread
-wake-ups than it saved: docs/performance.md, fourth pass).
+wake-ups than it saved: docs/performance.md, fourth pass). The slot START took is given back
+without waiting for Redis' reply: the ZREM goes out when the query answers, the analysis judges
+meanwhile, and the reply is read at the analysis' end (fifth pass).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +106,29 @@ class QueryCap:
     def release(self, holder: str) -> None:
         self.redis.zrem(self.key, holder)
 
+    def release_sent(self, holder: str) -> Callable[[], None]:
+        """Give a slot back now and read Redis' reply later, with the call returned: the slot
+        is free once Redis has the ZREM, and the caller need not wait a round trip for it.
+        (A cluster client has no single pool: there the release is made at once.)"""
+        pool = getattr(self.redis, "connection_pool", None)
+        if not isinstance(pool, redis.ConnectionPool):
+            self.release(holder)
+            return lambda: None
+        connection = pool.get_connection()
+        try:
+            connection.send_command("ZREM", self.key, holder)
+        except BaseException:
+            pool.release(connection)  # a failed send has closed the connection already
+            raise
+
+        def settle() -> None:
+            try:
+                connection.read_response()
+            finally:
+                pool.release(connection)
+
+        return settle
+
     def holders(self) -> int:
         """Holders whose lease has not expired (what the cap counts)."""
         now_s, now_us = self.redis.time()
@@ -116,11 +141,16 @@ class QueryCap:
 
     @contextmanager
     def slot(
-        self, deadline: float | None, max_wait: float = 10.0, held: str | None = None
+        self,
+        deadline: float | None,
+        max_wait: float = 10.0,
+        held: str | None = None,
+        settle_later: list[Callable[[], None]] | None = None,
     ) -> Iterator[None]:
         """Hold one slot for the body; wait (polling, with backoff) until `deadline` (monotonic)
         or at most `max_wait` s, then raise QueryCapReached. `held`: the holder of a slot taken
-        already (by START), given back here like one taken here."""
+        already (by START), given back here like one taken here. `settle_later`: give the slot
+        back without waiting for Redis' reply; what reads it is appended there."""
         holder = held or uuid.uuid4().hex
         give_up = time.monotonic() + max_wait
         if deadline is not None:
@@ -140,7 +170,10 @@ class QueryCap:
             yield
         finally:
             with contextlib.suppress(redis.RedisError):  # the lease expires on its own
-                self.release(holder)
+                if settle_later is None:
+                    self.release(holder)
+                else:
+                    settle_later.append(self.release_sent(holder))
 
 
 class CappedSource:
@@ -151,11 +184,13 @@ class CappedSource:
         self.cap = cap
         self.name = inner.name
         self._held = held  # a slot START took for this analysis' first query
+        self._unsettled: list[Callable[[], None]] = []  # its release's reply, read at the end
 
     @contextmanager
     def holding(self, held: str | None) -> Iterator[CappedSource]:
         """This source for one analysis whose first query uses the slot `held` (taken by
-        START); the slot goes back at the end if no query used it."""
+        START); the slot goes back at the end if no query used it, and the reply to a release
+        sent without waiting is read there."""
         if held is None:
             yield self
             return
@@ -163,9 +198,12 @@ class CappedSource:
         try:
             yield view
         finally:
+            releases = [*view._unsettled]
             if view._held is not None:
+                releases.append(lambda: self.cap.release(view._held or ""))
+            for release in releases:
                 with contextlib.suppress(redis.RedisError):  # the lease expires on its own
-                    self.cap.release(view._held)
+                    release()
 
     def observe(
         self,
@@ -175,7 +213,9 @@ class CappedSource:
         seconds: float | None = None,
     ) -> Observation:
         held, self._held = self._held, None
-        with self.cap.slot(deadline, held=held):
+        # START's slot goes back without a round trip on the way to the verdict.
+        later = self._unsettled if held is not None else None
+        with self.cap.slot(deadline, held=held, settle_later=later):
             return self.inner.observe(spec, end, deadline, seconds)
 
     def observe_range(

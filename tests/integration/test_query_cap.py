@@ -205,3 +205,20 @@ def test_start_takes_no_slot_when_the_cap_is_full_or_the_analysis_does_not_start
     assert store.begin(analysis_id, "w2", 30, cap.request())[0] == "taken"
     assert store.begin("f" * 32, "w2", 30, cap.request())[0] == "missing"
     assert cap.holders() == 0
+
+
+def test_the_slot_start_took_is_free_when_the_query_answers_without_waiting_for_redis(client):
+    """The release goes out as the query answers; its reply is read at the analysis' end, on
+    the same connection, which then goes back to the pool in step (no reply left unread)."""
+    cap = make_cap(client, limit=1)
+    store, analysis_id = queued_analysis(client)
+    _, _, held = store.begin(analysis_id, "w1", 30, cap.request())
+    pool = cap.redis.connection_pool
+    with CappedSource(_Slow(cap), cap).holding(held) as source:
+        source.observe(None, 1000.0, time.monotonic() + 5)
+        assert len(pool._in_use_connections) == 1  # the release's reply, not read yet
+        assert make_cap(client, limit=1).try_acquire("the-next-analysis")  # its slot is free
+    assert len(pool._in_use_connections) == 0
+    for n in range(5):  # every pooled connection answers its own command
+        cap.redis.set("ra:test:probe", n)
+        assert cap.redis.get("ra:test:probe") == str(n).encode()
