@@ -50,6 +50,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         workers=workers,
         log_config=None,
         access_log=False,
+        http="httptools",  # the C parser (pyproject.toml says why)
         timeout_keep_alive=30,
     )
 
