@@ -293,25 +293,32 @@ def tail_table(q: float, canary: Sequence[Bucket], baseline: Sequence[Bucket]) -
     None when either side has no usable histogram (no +Inf bucket, no observations, NaN counts)
     or the two share no finite bound.
     """
+    return tail_tables((q,), canary, baseline)[q]
+
+
+def tail_tables(
+    quantiles: Sequence[float], canary: Sequence[Bucket], baseline: Sequence[Bucket]
+) -> dict[float, TailTable | None]:
+    """`tail_table` for each quantile, the two histograms read once for all of them."""
     c_normal, b_normal = _normalised(canary), _normalised(baseline)
     if not (_usable(c_normal) and _usable(b_normal)):
-        return None
+        return dict.fromkeys(quantiles)
     if any(math.isnan(n) for _, n in (*c_normal, *b_normal)):
-        return None
+        return dict.fromkeys(quantiles)
     c_cum, b_cum = dict(c_normal), dict(b_normal)
     bounds = sorted(le for le in c_cum.keys() & b_cum.keys() if math.isfinite(le))
     if not bounds:
-        return None
+        return dict.fromkeys(quantiles)
     c_total, b_total = c_normal[-1][1], b_normal[-1][1]
     pooled_total = c_total + b_total
-    target = (1 - q) * pooled_total
-
-    def pooled_above(le: float) -> float:
-        return pooled_total - c_cum[le] - b_cum[le]
-
-    # Nearest in the pooled share; ties go to the higher bound (the tail proper).
-    best = min(bounds, key=lambda le: (abs(pooled_above(le) - target), -le))
-    return TailTable(best, c_total - c_cum[best], c_total, b_total - b_cum[best], b_total)
+    pooled_above = {le: pooled_total - c_cum[le] - b_cum[le] for le in bounds}
+    tables: dict[float, TailTable | None] = {}
+    for q in quantiles:
+        target = (1 - q) * pooled_total
+        # Nearest in the pooled share; ties go to the higher bound (the tail proper).
+        best = min(bounds, key=lambda le: (abs(pooled_above[le] - target), -le))
+        tables[q] = TailTable(best, c_total - c_cum[best], c_total, b_total - b_cum[best], b_total)
+    return tables
 
 
 def beyond_top_bound(q: float, buckets: Sequence[Bucket]) -> bool:

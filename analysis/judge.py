@@ -25,7 +25,7 @@ from analysis.histogram import (
     histogram_quantile,
     mann_whitney_greater,
     share_above,
-    tail_table,
+    tail_tables,
 )
 from analysis.observation import Observation, SideCounts
 from analysis.policy import Policy, Thresholds, quantile_label
@@ -350,9 +350,10 @@ def latency_regression(look: Look) -> Iterator[Check]:
     if not (enough(c.observations, t.min_requests) and enough(b.observations, t.min_requests)):
         return
     tested: dict[tuple[float, float, float, float], TestResult] = {}
+    tables = tail_tables(policy.quantiles, c.buckets, b.buckets)
     for q in policy.quantiles:
         label = quantile_label(q)
-        table = tail_table(q, c.buckets, b.buckets)
+        table = tables[q]
         if table is None:
             continue
         # Neighbouring quantiles often land on the same bound, hence the same table.
