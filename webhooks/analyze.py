@@ -26,7 +26,7 @@ from webhooks.context import STORE_ERRORS, WebhookContext
 from webhooks.errors import error
 from webhooks.recent import Answer as RecentAnswer
 from webhooks.schemas import AnalysisAnswer, answers, inline_refs
-from worker import tracing
+from worker import codec, tracing
 from worker.keyspace import new_analysis_id
 from worker.store import RESULT_TEXT, Claim
 from worker.task_names import ANALYZE_TASK
@@ -213,8 +213,8 @@ def answer_body(result: dict[str, Any], page: str, text: str | None = None) -> b
     """The result with its page's address, as compact JSON; from `text` (the result's JSON as
     the worker wrote it) without parsing and dumping it again."""
     if text and text.endswith("}") and result and "report_url" not in result:
-        return f'{text[:-1]},"report_url":{json.dumps(page)}}}'.encode()
-    return json.dumps({**result, "report_url": page}, separators=(",", ":")).encode()
+        return f'{text[:-1]},"report_url":{codec.dumps(page)}}}'.encode()
+    return codec.dumps({**result, "report_url": page}).encode()
 
 
 def describe_request(

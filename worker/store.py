@@ -191,7 +191,7 @@ def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any] | None:
         text = record.get(field)
         if isinstance(text, str) and text.startswith("{"):
             try:
-                record[field] = json.loads(text)
+                record[field] = codec.loads(text)
             except ValueError as exc:
                 record[field], unreadable[field] = None, f"stored value is corrupt (JSON: {exc})"
     if unreadable:
@@ -229,7 +229,7 @@ def decode_completion(message: bytes | str) -> dict[str, Any] | None:
     text = message.decode() if isinstance(message, bytes) else message
     if not text.startswith("{"):
         return None
-    record: dict[str, Any] = json.loads(text)
+    record: dict[str, Any] = codec.loads(text)
     if text.startswith(_DONE) and isinstance(record.get("result"), dict):
         record[RESULT_TEXT] = text[len(_DONE) : -1]
     return record
@@ -303,7 +303,7 @@ class Store:
         """ok, or why nothing was recorded: already (done), not_holder (the lease was lost,
         the analysis superseded or taken over), missing. `poll`: the analysis' line on its
         rollout's timeline, written with a done result (only on one node: see on_one_node)."""
-        body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+        body = payload if isinstance(payload, str) else codec.dumps(payload)
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [
             worker,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import json
 import os
 import ssl
 import urllib.request
@@ -35,6 +34,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlsplit
 
+import orjson
 import urllib3
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class PrometheusHTTP:
         if status != 200:
             raise PrometheusHTTPError(status, body)
         try:
-            payload = json.loads(body)
+            payload = orjson.loads(body)  # C: a few times json's speed, on the verdict's path
             if payload.get("status") != "success":
                 raise ValueError(f"status {payload.get('status')!r}")
             return payload["data"]["result"]
