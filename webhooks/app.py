@@ -39,6 +39,9 @@ def create_app(settings: Settings | None = None) -> Any:
     token = [Depends(bearer_token(ctx.settings))]
     for group in API_GROUPS:
         app.include_router(group.router(ctx), dependencies=token)
+    # Every poll's route served without FastAPI's per-request machinery (analyze.py says why);
+    # first in line, so its documented APIRoutes above are only the OpenAPI description.
+    app.router.routes[0:0] = analyze.plain_routes(ctx)
     app.include_router(ops.router(ctx))
     app.include_router(ui_router(ctx.settings, lambda: ctx.runtime.client, ctx.policies))
     # Observe outermost: a body refused by the limits (400/408/413) is logged and counted too.

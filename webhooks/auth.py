@@ -14,15 +14,21 @@ class Unauthorized(Exception):
     pass
 
 
+def authorize(settings: Settings, request: Request) -> None:
+    """Raise Unauthorized unless the request carries the token; no token configured lets
+    everyone in."""
+    if settings.api_token is None:
+        return
+    expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
+    given = request.headers.get("authorization", "").encode()
+    if not hmac.compare_digest(given, expected):
+        raise Unauthorized
+
+
 def bearer_token(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    """A FastAPI dependency: no token configured lets everyone in."""
+    """`authorize` as a FastAPI dependency."""
 
     async def authorized(request: Request) -> None:
-        if settings.api_token is None:
-            return
-        expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized
+        authorize(settings, request)
 
     return authorized

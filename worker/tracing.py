@@ -171,6 +171,18 @@ def set_attributes(attrs: Mapping[str, Any]) -> None:
     trace.get_current_span().set_attributes(_clean(attrs))
 
 
+def name_route(method: str, route: str) -> None:
+    """Name the current (server) span by its route, as FastAPI does for its own routes: for
+    a request served by a plain Starlette route (webhooks/analyze.py)."""
+    if _tracer is None:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    span.set_attribute("http.route", route)
+    span.update_name(f"{method} {route}")
+
+
 def inject(carrier: MutableMapping[str, Any]) -> None:
     """Write the current context (traceparent, tracestate) into message headers."""
     if _tracer is None:
