@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,9 @@ from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
 
 log = logging.getLogger("rollout_analyzer.worker")
+# A live poll whose sequence save lost a race waits this long before trying again, doubling.
+CAS_PAUSE_SECONDS = 0.001
+CAS_PAUSE_MAX_SECONDS = 0.02
 
 
 class Lease:
@@ -133,11 +137,14 @@ def run_live(
     """One live poll: the interval since the canary's previous poll, added to its sequence.
 
     One PromQL round trip (none when the poll adds no new time: a retry or a stale request).
-    The save is a compare-and-set: a poll that raced another re-reads and tries again.
+    The save is a compare-and-set: a poll that raced another re-reads and tries again, after a
+    short random pause, until `deadline` (monotonic): N polls of one canary at once take N
+    rounds, and a fixed number of tries failed the rest of a burst's polls.
     """
     seq_id = sequence_id(spec)
     end = float(int(end))  # whole seconds: PromQL ranges and offsets take no fractions
-    for _ in range(3):
+    pause = CAS_PAUSE_SECONDS
+    while True:
         state, version = sequences.load(seq_id)
         if state is not None and end - state.last_end < 1:
             observation = Observation(end, 0.0, SideCounts(), SideCounts(), (), 0, source.name)
@@ -148,7 +155,10 @@ def run_live(
         result = advance(state, poll, spec.policy)
         if sequences.save(seq_id, result.sequence, version):
             return live_report(spec, observation, result, seq_id)
-    raise SourceError("another poll of this canary kept changing its sequence; try again")
+        if time.monotonic() + pause >= deadline:
+            raise SourceError("another poll of this canary kept changing its sequence; try again")
+        time.sleep(pause * random.uniform(0.5, 1.5))  # spread the racing polls apart
+        pause = min(CAS_PAUSE_MAX_SECONDS, pause * 2)
 
 
 def execute(
