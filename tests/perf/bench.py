@@ -532,9 +532,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         "",
         None,
     )
+    # What the failures were, when there are any (a status code, or the client's error).
+    failed = {k: n for k, n in b.get("status_counts", {}).items() if k != "200"}
     add(
         "5. burst: errors / timeouts (Argo 10 s)",
-        f"{b['errors']} / {b['timeouts']}",
+        f"{b['errors']} / {b['timeouts']}" + (f" {failed}" if b["errors"] else ""),
         "",
         None,
         "0 / 0",
