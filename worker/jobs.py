@@ -24,7 +24,7 @@ from analysis.request import AnalysisSpec, RequestError
 from analysis.sequential import Poll, advance
 from analysis.sources import MetricsSource, SourceError
 from worker import tracing
-from worker.history import History, PollEntry
+from worker.history import History
 from worker.query_cap import holding, slot_request
 from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
@@ -202,22 +202,55 @@ def execute(
     # START's slot goes back as the query answers, Redis' reply to that read after FINISH:
     # neither waits on the way to the verdict.
     with holding(source, held) as source:
-        recorded = judge_and_record(
-            store,
+        queued_at = float(record.get("queued_at", time.time()))
+        started = time.time()
+        deadline = time.monotonic() + budget_seconds
+        status, payload = "done", {}
+        end: float | None = None
+        with lease_kept(store, analysis_id, worker, lease_seconds) as lease:
+            try:
+                spec = AnalysisSpec.from_json(record["spec"], policies)
+                end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
+                with tracing.statistics_timed(source) as timed_source:
+                    # A live poll (a window ending "now") joins its canary's sequence; a look at
+                    # the past is one fixed window.
+                    if sequences is not None and spec.live:
+                        payload = run_live(spec, timed_source, sequences, end, deadline)
+                    else:
+                        payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
+            except (SourceError, RequestError, KeyError, ValueError) as exc:
+                status = "error"
+                payload = {"error": str(exc)[:1000]}
+        if lease.lost:
+            log.warning("analysis dropped: lease lost", extra={"analysis_id": analysis_id})
+            return "lost"
+        finished = time.time()
+        payload["analysis_id"] = analysis_id
+        payload["timing"] = {
+            "queued_at": queued_at,
+            "window_end": end,
+            "started_at": started,
+            "finished_at": finished,
+            "queue_wait_seconds": round(started - queued_at, 6),
+            "duration_seconds": round(finished - started, 6),
+        }
+        tracing.set_attributes(tracing.analysis_attributes(payload))
+        # FINISH draws the poll's line on the timeline too where it can: one round trip less.
+        line = None
+        if history is not None and status == "done" and store.on_one_node:
+            line = history.entry(payload)
+        outcome = store.finish(
             analysis_id,
-            record,
-            worker=worker,
-            source=source,
-            policies=policies,
-            lease_seconds=lease_seconds,
+            worker,
+            status=status,
+            payload=payload,
             reuse_seconds=reuse_seconds,
-            budget_seconds=budget_seconds,
-            sequences=sequences,
-            history=history,
+            poll=line,
         )
-    if recorded is None:
-        return "lost"
-    status, payload, line = recorded
+        if outcome != "ok":
+            # FINISH refused: the lease lapsed between the check above and the script.
+            log.warning("analysis dropped", extra={"analysis_id": analysis_id, "state": outcome})
+            return "lost"
     log.info(
         "analysis finished",
         extra={
@@ -241,66 +274,3 @@ def execute(
         except Exception:  # the verdict stands; a redelivery or the next poll retries the event
             log.exception("follow-up failed", extra={"analysis_id": analysis_id})
     return status
-
-
-def judge_and_record(
-    store: Store,
-    analysis_id: str,
-    record: dict[str, Any],
-    *,
-    worker: str,
-    source: MetricsSource,
-    policies: PolicySet,
-    lease_seconds: float,
-    reuse_seconds: float,
-    budget_seconds: float,
-    sequences: SequenceStore | None,
-    history: History | None,
-) -> tuple[str, dict[str, Any], PollEntry | None] | None:
-    """A started analysis computed under its lease and FINISHed: (status, payload, the poll's
-    line FINISH wrote); None when the lease was lost on the way (nothing recorded)."""
-    queued_at = float(record.get("queued_at", time.time()))
-    started = time.time()
-    deadline = time.monotonic() + budget_seconds
-    status, payload = "done", {}
-    end: float | None = None
-    with lease_kept(store, analysis_id, worker, lease_seconds) as lease:
-        try:
-            spec = AnalysisSpec.from_json(record["spec"], policies)
-            end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
-            with tracing.statistics_timed(source) as timed_source:
-                # A live poll (a window ending "now") joins its canary's sequence; a look at
-                # the past is one fixed window.
-                if sequences is not None and spec.live:
-                    payload = run_live(spec, timed_source, sequences, end, deadline)
-                else:
-                    payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
-        except (SourceError, RequestError, KeyError, ValueError) as exc:
-            status = "error"
-            payload = {"error": str(exc)[:1000]}
-    if lease.lost:
-        log.warning("analysis dropped: lease lost", extra={"analysis_id": analysis_id})
-        return None
-    finished = time.time()
-    payload["analysis_id"] = analysis_id
-    payload["timing"] = {
-        "queued_at": queued_at,
-        "window_end": end,
-        "started_at": started,
-        "finished_at": finished,
-        "queue_wait_seconds": round(started - queued_at, 6),
-        "duration_seconds": round(finished - started, 6),
-    }
-    tracing.set_attributes(tracing.analysis_attributes(payload))
-    # FINISH draws the poll's line on the timeline too where it can: one round trip less.
-    line = None
-    if history is not None and status == "done" and store.on_one_node:
-        line = history.entry(payload)
-    outcome = store.finish(
-        analysis_id, worker, status=status, payload=payload, reuse_seconds=reuse_seconds, poll=line
-    )
-    if outcome != "ok":
-        # FINISH refused: the lease lapsed between the check above and the script.
-        log.warning("analysis dropped", extra={"analysis_id": analysis_id, "state": outcome})
-        return None
-    return status, payload, line
