@@ -65,13 +65,13 @@ def router(ctx: WebhookContext) -> APIRouter:
     }
     analyze_answers = answers(AnalysisAnswer, 400, 401, 408, 413, 422, 502, 503)
 
-    @routes.post("/v1/analyze", openapi_extra=body_doc, responses=analyze_answers)
-    @routes.put("/v1/analyze", openapi_extra=body_doc, responses=analyze_answers)
+    @routes.post(ANALYZE_PATH, openapi_extra=body_doc, responses=analyze_answers)
+    @routes.put(ANALYZE_PATH, openapi_extra=body_doc, responses=analyze_answers)
     async def analyze_body(request: Request) -> Response:
         """Analyse a canary against its baseline (JSON body; Argo's POST/PUT with jsonBody)."""
         return await serve_body(ctx, request)
 
-    @routes.get("/v1/analyze", responses=analyze_answers, openapi_extra=query_doc)
+    @routes.get(ANALYZE_PATH, responses=analyze_answers, openapi_extra=query_doc)
     async def analyze_query(request: Request) -> Response:
         """The same analysis with query parameters (Argo's default GET); overrides as
         `overrides.NAME=value`."""

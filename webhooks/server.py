@@ -15,10 +15,11 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def _is_head(data: bytes) -> bool:
+def _is_head(data: bytes | bytearray | memoryview) -> bool:
     """A response's status line and headers, nothing after them (what uvicorn writes when the
-    app starts a response; also its `100 Continue`, which merely waits a loop turn)."""
-    return data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n")
+    app starts a response; also its `100 Continue`, which merely waits a loop turn). Reads
+    only the two ends: a body is not copied to be looked at."""
+    return bytes(data[:9]) == b"HTTP/1.1 " and bytes(data[-4:]) == b"\r\n\r\n"
 
 
 class HeadWithBody:
@@ -32,7 +33,7 @@ class HeadWithBody:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._held:
             data, self._held = self._held + bytes(data), b""
-        elif _is_head(bytes(data)):
+        elif _is_head(data):
             self._held = bytes(data)
             self._loop.call_soon(self.flush)  # a head with no body yet still goes this turn
             return
