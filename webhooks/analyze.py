@@ -7,6 +7,7 @@ same analysis); an exact repeat of a finished latest-window request is answered 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -220,8 +221,14 @@ async def claim_and_enqueue(
             new_id=new_id,
             task=task,
         )
-    except BaseException:
+    except BaseException as exc:
         ctx.waiter.forget(new_id, expected)
+        if task is None and isinstance(exc, STORE_ERRORS):
+            # The claim may have been made with its reply lost: undone, or every poll of this
+            # request would join a claim whose task was never sent, until it expired.
+            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
+                async with asyncio.timeout(1):
+                    await rt.store.abandon(identity, new_id, "the claim's reply was lost")
         raise
     if not claim.is_new:
         ctx.waiter.forget(new_id, expected)

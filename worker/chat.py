@@ -4,7 +4,7 @@ Each call makes one attempt (worker/notify/delivery.py). A transient failure rai
 `RetryLater`: the Celery task re-schedules itself with that countdown (Retry-After when the
 service sent one, else exponential backoff), so a chat service that answers 429 holds no worker
 slot while it waits. The step key in Redis says who may send: absent (nobody started, or a
-dead worker's lease lapsed), `running:N`, `retry:N` (attempt N is scheduled) or the outcome.
+dead worker's lease lapsed), `running:N:<token>`, `retry:N` (attempt N is scheduled) or the outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,6 +21,7 @@ import httpx
 import redis
 
 from worker import tracing
+from worker.lua import Script
 from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import DeliveryResult, backoff_seconds, send_once, severity_allows
 from worker.notify.message import Notification
@@ -30,11 +32,15 @@ log = logging.getLogger("rollout_analyzer.chat")
 STEP_LEASE_SECONDS = 120
 OUTCOME_TTL_SECONDS = 7 * 86400
 
-# Attempt N may start when nobody holds the step, or when attempt N was scheduled.
+# Attempt N may start when nobody holds the step, or when attempt N was scheduled. ARGV[3] is
+# this call's token: the same call run again (its reply was lost, the client retried) finds its
+# own mark and may still start.
 _BEGIN = """
+local mine = 'running:' .. ARGV[1] .. ':' .. ARGV[3]
 local current = redis.call('GET', KEYS[1])
+if current == mine then return 1 end
 if current == false or current == 'retry:' .. ARGV[1] then
-  redis.call('SET', KEYS[1], 'running:' .. ARGV[1], 'EX', ARGV[2])
+  redis.call('SET', KEYS[1], mine, 'EX', ARGV[2])
   return 1
 end
 return 0
@@ -62,7 +68,7 @@ class ChatSender:
     clock: Callable[[], float] = time.time  # what signatures are made at
 
     def __post_init__(self) -> None:
-        self._begin = self.redis.register_script(_BEGIN)
+        self._begin = Script(self.redis, _BEGIN)
         self.dead_letters = DeadLetters(self.redis, key=f"{self.prefix}dead-letters")
         self.limiter = RateLimiter(self.redis, prefix=f"{self.prefix}rate")
 
@@ -89,7 +95,7 @@ class ChatSender:
             and rate_key is not None
             and notification.severity != "error"
             and target.rate_limit_per_minute is not None
-            and not self.limiter.allow(rate_key, target.rate_limit_per_minute)
+            and not self.limiter.allow(rate_key, target.rate_limit_per_minute, step_key)
         ):
             self._finish(step_key, {"status": "rate_limited"})
             return "rate_limited"
@@ -125,7 +131,8 @@ class ChatSender:
         return self._finish(step_key, result.to_dict())
 
     def _may_start(self, step_key: str, attempt: int) -> bool:
-        return bool(int(self._begin(keys=[step_key], args=[attempt, STEP_LEASE_SECONDS])))
+        token = uuid.uuid4().hex
+        return bool(int(self._begin(keys=[step_key], args=[attempt, STEP_LEASE_SECONDS, token])))
 
     def _attempt(
         self, step_key: str, target: ChatTarget, notification: Notification, attempt: int

@@ -31,6 +31,7 @@ from worker import codec, tracing
 from worker.chat import ChatSender
 from worker.history import History, rollout_key
 from worker.keyspace import Keys
+from worker.lua import Script
 from worker.notify.message import Notification
 from worker.notify.providers import ChatTarget
 from worker.report_links import report_url, timeline_path
@@ -51,8 +52,29 @@ STEP_LEASE_SECONDS = 120
 # lapsed (and whose step another worker took over) records nothing over the other's outcome.
 # One key, so it runs on Redis Cluster too; the step's records follow only when it succeeded.
 STEP_DONE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+-- This very call, run again (its reply was lost, the client retried): it is done.
+if current == ARGV[2] then return 1 end
+if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+# SET NX that a retried call cannot mistake for someone else's: 1 when the key now holds ARGV[1]
+# because of this call (its first run, or this one), 0 when another value was there.
+SET_ONCE = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then return 1 end
+if current then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS[1] becomes the list ARGV[2..] (replaced whole, not appended to), kept ARGV[1] seconds.
+WRITE_LIST = """
+redis.call('DEL', KEYS[1])
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -127,8 +149,10 @@ class Followup:
         self.keeper = Keeper(self.redis, self.keys, self.result_ttl_seconds)
         # Keys from before the slot tags can only exist on a standalone Redis.
         self._legacy = not isinstance(self.redis, redis.cluster.RedisCluster)
-        self._transition = self.redis.register_script(TRANSITION)
-        self._step_done = self.redis.register_script(STEP_DONE)
+        self._transition = Script(self.redis, TRANSITION)
+        self._step_done = Script(self.redis, STEP_DONE)
+        self._set_once = Script(self.redis, SET_ONCE)
+        self._write_list = Script(self.redis, WRITE_LIST)
         self.chat = self.chat or ChatSender(self.redis, self.prefix, self.targets)
 
     # --- keys -------------------------------------------------------------------------------
@@ -199,8 +223,8 @@ class Followup:
             "argo": body,
             "time": time.time(),
         }
-        created = self.redis.set(
-            self._event_key(event_id), json.dumps(event), nx=True, ex=EVENT_TTL_SECONDS
+        created = self._set_once(
+            keys=[self._event_key(event_id)], args=[json.dumps(event), EVENT_TTL_SECONDS]
         )
         if not created:
             return None
@@ -231,7 +255,7 @@ class Followup:
         it), else None."""
         token = f"running:{uuid.uuid4().hex}"
         key = self._step_key(event_id, step)
-        return token if self.redis.set(key, token, nx=True, ex=STEP_LEASE_SECONDS) else None
+        return token if self._set_once(keys=[key], args=[token, STEP_LEASE_SECONDS]) else None
 
     def _done(
         self,
@@ -241,18 +265,19 @@ class Followup:
         outcome: dict[str, Any],
         records: tuple[str, list[dict[str, Any]]] | None = None,
     ) -> bool:
-        """Mark the step done, then append `records` to the list they name (kept as long as
+        """Mark the step done, then write `records` as the list they name (kept as long as
         the analysis they belong to), if this worker still holds the step."""
         step_key = self._step_key(event_id, step)
         args = [token, json.dumps(outcome), EVENT_TTL_SECONDS]
         if not self._step_done(keys=[step_key], args=args):
             return False
         if records and records[1]:
+            # An analysis has one event, so one traffic step writes its list: written whole
+            # (not appended), a retried write leaves it as one write would.
             list_key, items = records
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.rpush(list_key, *map(json.dumps, items))
-            pipe.expire(list_key, self.result_ttl_seconds)
-            pipe.execute()
+            self._write_list(
+                keys=[list_key], args=[self.result_ttl_seconds, *map(json.dumps, items)]
+            )
         self.history.step(event_id, step)
         return True
 

@@ -29,6 +29,7 @@ import redis
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
 from analysis.sources import MetricsSource, SourceError
+from worker.lua import Script
 
 # A Lua function taking a slot: 1, or 0 when `limit` holders hold one. `key` holds the holders
 # (zset member -> lease expiry in ms, Redis' clock). ACQUIRE calls it; so does the store's START
@@ -38,6 +39,8 @@ local function take_slot(key, limit, holder, lease_ms)
   local now = redis.call('TIME')
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  -- A holder has one slot: taking it again (a retried call) keeps it.
+  if redis.call('ZSCORE', key, holder) then return 1 end
   if redis.call('ZCARD', key) >= limit then return 0 end
   redis.call('ZADD', key, now_ms + lease_ms, holder)
   -- The key outlives its longest lease, never more: nothing is left behind when all go idle.
@@ -91,7 +94,7 @@ class QueryCap:
         self.key = key
         self.limit = limit
         self.lease_ms = max(1, int(lease_seconds * 1000))
-        self._acquire = client.register_script(ACQUIRE)
+        self._acquire = Script(client, ACQUIRE)
 
     def try_acquire(self, holder: str) -> bool:
         return bool(self._acquire(keys=[self.key], args=[self.limit, holder, self.lease_ms]))

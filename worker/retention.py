@@ -9,6 +9,7 @@ from __future__ import annotations
 import redis
 
 from worker.keyspace import Keys
+from worker.lua import Script
 
 KEEP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -20,7 +21,7 @@ return 1
 
 class Keeper:
     def __init__(self, client: redis.Redis, keys: Keys, ttl_seconds: int) -> None:
-        self._keep = client.register_script(KEEP)
+        self._keep = Script(client, KEEP)
         self._keys = keys
         self._ttl = ttl_seconds
 

@@ -20,12 +20,19 @@ import redis
 from analysis.request import AnalysisSpec
 from analysis.sequential import Sequence
 from worker import codec
+from worker.lua import Script
 
 log = logging.getLogger("rollout_analyzer.worker")
 
 SAVE = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if current ~= tonumber(ARGV[1]) then return 0 end
+if current ~= tonumber(ARGV[1]) then
+  -- This very save, run again (its reply was lost, the client retried): it is saved.
+  if current == tonumber(ARGV[1]) + 1 and redis.call('HGET', KEYS[1], 'state') == ARGV[2] then
+    return 1
+  end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'version', current + 1, 'state', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -51,7 +58,7 @@ class SequenceStore:
         self.redis = client
         self.prefix = prefix
         self.ttl_ms = int(ttl_seconds * 1000)
-        self._save = client.register_script(SAVE)
+        self._save = Script(client, SAVE)
 
     def key(self, seq_id: str) -> str:
         return f"{self.prefix}seq:{{{seq_id}}}"

@@ -30,6 +30,7 @@ from redis.cluster import RedisCluster
 from worker import codec
 from worker.history import PollEntry
 from worker.keyspace import Keys, new_analysis_id
+from worker.lua import AsyncScript, Script
 from worker.query_cap import TAKE_SLOT, SlotRequest
 
 # What a Lua script's ARGV takes.
@@ -50,6 +51,10 @@ __all__ = [
 CLAIM = """
 local prefix, new_id = ARGV[1], ARGV[2]
 local current = redis.call('GET', KEYS[1])
+-- This very call, run again (its reply was lost, the client retried): the claim is still ours.
+if current == new_id and redis.call('HGET', KEYS[2], 'status') == 'queued' then
+  return {new_id, 'new'}
+end
 if current then
   local record = prefix .. 'analysis:' .. current
   local status = redis.call('HGET', record, 'status')
@@ -114,6 +119,11 @@ return 0
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
+-- This very call, run again (its reply was lost, the client retried): it is done.
+if status == ARGV[2] and redis.call('HGET', KEYS[1], 'worker') == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'finished_at') == ARGV[4] then
+  return 'ok'
+end
 if status == 'done' then return 'already' end
 if status ~= 'running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1]
    or redis.call('GET', KEYS[2]) ~= ARGV[1] then
@@ -244,11 +254,11 @@ class Store:
         self.redis = client
         self.keys = Keys(prefix)
         self.retention = retention or Retention()
-        self._start = client.register_script(START)
-        self._start_with_slot = client.register_script(START_WITH_SLOT)
-        self._renew = client.register_script(RENEW)
-        self._finish = client.register_script(FINISH)
-        self._finish_with_poll = client.register_script(FINISH_WITH_POLL)
+        self._start = Script(client, START)
+        self._start_with_slot = Script(client, START_WITH_SLOT)
+        self._renew = Script(client, RENEW)
+        self._finish = Script(client, FINISH)
+        self._finish_with_poll = Script(client, FINISH_WITH_POLL)
 
     def record(self, analysis_id: str) -> dict[str, Any] | None:
         return decode_record(self.redis.hgetall(self.keys.record(analysis_id)))
@@ -350,8 +360,8 @@ class AsyncStore:
     def __init__(self, client: aioredis.Redis, prefix: str = "ra:") -> None:
         self.redis = client
         self.keys = Keys(prefix)
-        self._claim = client.register_script(CLAIM)
-        self._abandon = client.register_script(ABANDON)
+        self._claim = AsyncScript(client, CLAIM)
+        self._abandon = AsyncScript(client, ABANDON)
 
     async def claim(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import redis.exceptions
 from celery import Task, current_app, shared_task
 
 from analysis.policy import PolicySet
@@ -66,7 +67,26 @@ def _sequences() -> SequenceStore:
     return SequenceStore(worker_store().redis, settings.key_prefix, settings.sequence_ttl_seconds)
 
 
-@shared_task(name=ANALYZE_TASK, acks_late=True, reject_on_worker_lost=True)
+# Redis out of reach past the client's own retries: the task runs again later rather than be
+# dropped (acked as failed). Every step is safe to redo: a done analysis offers its follow-up
+# again, a done step is skipped.
+REDIS_UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+RETRIED = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": REDIS_UNREACHABLE,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 8,
+}
+
+
+@shared_task(name=ANALYZE_TASK, **RETRIED)
 def analyze(analysis_id: str) -> str:
     settings = get_settings()
     return execute(
@@ -84,7 +104,7 @@ def analyze(analysis_id: str) -> str:
     )
 
 
-@shared_task(name=ACT_TASK, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=ACT_TASK, **RETRIED)
 def act(event_id: str) -> int:
     return len(followup().act(event_id))
 
@@ -92,7 +112,7 @@ def act(event_id: str) -> int:
 # One attempt per run: a transient failure re-schedules the task (Celery's countdown), so a
 # chat service that is down or rate-limiting holds no worker slot. Our ChatSender counts the
 # attempts (the step key in Redis), hence max_retries=None here.
-@shared_task(bind=True, name=NOTIFY_TASK, acks_late=True, reject_on_worker_lost=True)
+@shared_task(bind=True, name=NOTIFY_TASK, **RETRIED)
 def notify(self: Task, event_id: str, target: str, attempt: int = 1) -> str:
     try:
         return followup().notify(event_id, target, attempt)
@@ -101,7 +121,7 @@ def notify(self: Task, event_id: str, target: str, attempt: int = 1) -> str:
         raise self.retry(args=args, countdown=later.countdown, max_retries=None) from None
 
 
-@shared_task(bind=True, name=REDELIVER_TASK, acks_late=True, reject_on_worker_lost=True)
+@shared_task(bind=True, name=REDELIVER_TASK, **RETRIED)
 def redeliver(self: Task, entry_id: str, attempt: int = 1) -> str:
     chat = followup().chat
     assert chat is not None
@@ -112,6 +132,6 @@ def redeliver(self: Task, entry_id: str, attempt: int = 1) -> str:
         raise self.retry(args=args, countdown=later.countdown, max_retries=None) from None
 
 
-@shared_task(name=ARGO_EVENT_TASK, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=ARGO_EVENT_TASK, **RETRIED)
 def argo_event(body: dict[str, Any]) -> str | None:
     return followup().on_argo_event(body)

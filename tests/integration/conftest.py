@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,6 +71,34 @@ def start_stack(
             "readyz to report a live worker",
         )
     return stack
+
+
+@contextmanager
+def split_stacks(
+    state_url: str,
+    broker_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    prefix: str = "",
+    settings: dict[str, str] | None = None,
+) -> Iterator[Callable[..., Stack]]:
+    """A factory of stacks whose state lives at `state_url` and whose Celery queue is the plain
+    Redis at `broker_url` (the split a Redis Cluster needs); stopped on exit."""
+    stacks: list[Stack] = []
+
+    def make(name: str, *, settings: dict[str, str] | None = None, **kwargs: Any) -> Stack:
+        split = {"ROLLOUT_ANALYZER_BROKER_URL": broker_url, **common, **(settings or {})}
+        work_dir = tmp_path_factory.mktemp(name)
+        stack = start_stack(state_url, work_dir, prefix + name, settings=split, **kwargs)
+        stacks.append(stack)
+        return stack
+
+    common = settings or {}
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.stop()
 
 
 @pytest.fixture(scope="module")

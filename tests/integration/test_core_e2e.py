@@ -30,11 +30,12 @@ policies:
 """
 
 
-@pytest.fixture(scope="module")
-def stack(stack_factory, prometheus, tmp_path_factory):
+def core_stack(make, prometheus, tmp_path_factory):
+    """The stack these tests run on, from a stack factory (other modules run them again on
+    theirs: a Redis Cluster, a lossy proxy)."""
     policies = tmp_path_factory.mktemp("policies") / "policies.yaml"
     policies.write_text(POLICIES)
-    return stack_factory(
+    return make(
         "core",
         prometheus_url=prometheus.url,
         settings={
@@ -42,6 +43,11 @@ def stack(stack_factory, prometheus, tmp_path_factory):
             "ROLLOUT_ANALYZER_REUSE_SECONDS": "2",
         },
     )
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory, prometheus, tmp_path_factory):
+    return core_stack(stack_factory, prometheus, tmp_path_factory)
 
 
 def body_for(prometheus, name: str, **extra) -> dict:

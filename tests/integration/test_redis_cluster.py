@@ -22,13 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from celery import Celery
 
 from tests.integration import test_actions_e2e as actions_e2e
 from tests.integration import test_core_e2e as core_e2e
-from tests.integration.conftest import AUTH, start_stack
-from tests.integration.test_core_e2e import POLICIES, body_for, pinned_end
-from tests.support.actions_world import ActionsWorld, argo_call, body, start_actions_world
+from tests.integration.conftest import AUTH, split_stacks
+from tests.integration.test_core_e2e import body_for, core_stack, pinned_end
+from tests.support.actions_world import argo_measure, body, start_split_actions_world
 from tests.support.argo import Phase
 from tests.support.procs import wait_for
 
@@ -54,50 +53,23 @@ test_a_verdict_change_is_a_new_event = actions_e2e.test_a_verdict_change_is_a_ne
 @pytest.fixture(scope="module")
 def cluster_stacks(redis_cluster, redis_server, tmp_path_factory):
     """Stacks whose state lives in the cluster and whose queue is on the plain redis-server."""
-    stacks = []
-
-    def make(name: str, *, settings: dict | None = None, **kwargs):
-        split = {
-            "ROLLOUT_ANALYZER_REDIS_CLUSTER": "true",
-            "ROLLOUT_ANALYZER_BROKER_URL": redis_server.url,
-        }
-        stack = start_stack(
-            redis_cluster.url,
-            tmp_path_factory.mktemp(name),
-            name,
-            settings={**split, **(settings or {})},
-            **kwargs,
-        )
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.stop()
+    cluster = {"ROLLOUT_ANALYZER_REDIS_CLUSTER": "true"}
+    with split_stacks(
+        redis_cluster.url, redis_server.url, tmp_path_factory, settings=cluster
+    ) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
 def stack(cluster_stacks, prometheus, tmp_path_factory):
-    policies = tmp_path_factory.mktemp("policies") / "policies.yaml"
-    policies.write_text(POLICIES)
-    return cluster_stacks(
-        "core",
-        prometheus_url=prometheus.url,
-        settings={
-            "ROLLOUT_ANALYZER_POLICIES_FILE": str(policies),
-            "ROLLOUT_ANALYZER_REUSE_SECONDS": "2",
-        },
-    )
+    return core_stack(cluster_stacks, prometheus, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def world(cluster_stacks, prometheus, redis_server, tmp_path_factory):
-    built = start_actions_world(
-        cluster_stacks, prometheus.url, tmp_path_factory.mktemp("actions"), "actions"
+    built = start_split_actions_world(
+        cluster_stacks, prometheus.url, redis_server.url, tmp_path_factory.mktemp("actions")
     )
-    # Redelivered tasks go to the broker, not to the cluster.
-    celery = Celery(broker=redis_server.url)
-    built = ActionsWorld(built.stack, built.emulator, built.receivers, celery)
     yield built
     built.close()
 
@@ -152,6 +124,7 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
     world.reset()
     rollouts = [f"burst-{i}" for i in range(BURST)]
     answered: dict[str, list[Phase]] = {r: [] for r in rollouts}
+    errors: list[str] = []  # what each Error said, for the failure message
     lock = threading.Lock()
 
     def argo(rollout: str) -> Phase:
@@ -160,9 +133,12 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
         # pair, so a never-reached latency limit tells them apart.
         limit = {"max_latency_p50": 100 + int(rollout.rpartition("-")[2])}
         for _ in range(5):
-            phase, _ = argo_call(stack, body("1") | {"rollout": rollout, "overrides": limit})
+            taken = argo_measure(stack, body("1") | {"rollout": rollout, "overrides": limit})
+            phase = taken.phase
             with lock:
                 answered[rollout].append(phase)
+                if phase == Phase.ERROR:
+                    errors.append(f"{rollout} +{time.monotonic() - began:.1f}s: {taken.message}")
             if phase != Phase.ERROR:
                 return phase
             time.sleep(1)
@@ -173,6 +149,7 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
             return sum(1 for phases in answered.values() if Phase.FAILED in phases)
 
     victim = redis_cluster.masters()[0]
+    began = time.monotonic()
     with ThreadPoolExecutor(BURST) as pool:
         phases = pool.map(argo, rollouts)
         # At the first answer: most calls are still in flight, even on a loaded machine.
@@ -190,7 +167,7 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
     assert victim not in redis_cluster.masters() and promoted in redis_cluster.masters()
     assert in_flight_at_failover > 0, "the burst was over before the fail-over began"
     # 0 lost: every rollout got its verdict (after Argo's retries, if a call answered Error).
-    assert final == [Phase.FAILED] * BURST, answered
+    assert final == [Phase.FAILED] * BURST, "\n".join(errors)
     # ... and no analysis is left queued or running in the cluster.
     statuses: dict[str, int] = {}
     for port in redis_cluster.masters():

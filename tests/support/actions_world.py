@@ -15,7 +15,7 @@ import yaml
 from celery import Celery
 
 from tests.integration.conftest import TOKEN
-from tests.support.argo import Phase, WebProvider, measure
+from tests.support.argo import Measurement, Phase, WebProvider, measure
 from tests.support.chat_receivers import ChatReceivers
 from tests.support.k8s_emulator import K8sEmulator, write_kubeconfig
 
@@ -197,7 +197,15 @@ def start_actions_world(
     return world
 
 
-def argo_call(stack, body: dict) -> tuple[Phase, float]:
+def start_split_actions_world(make, prometheus_url: str, broker_url: str, work_dir: Path):
+    """The actions world on a split stack (`make`: conftest.split_stacks): redelivered tasks go
+    to the broker, not to the state store."""
+    built = start_actions_world(make, prometheus_url, work_dir, "actions")
+    return ActionsWorld(built.stack, built.emulator, built.receivers, Celery(broker=broker_url))
+
+
+def argo_measure(stack, body: dict) -> Measurement:
+    """One measurement of the live canary, taken as Argo's web provider takes it."""
     web = WebProvider(
         url=f"{stack.url}/v1/analyze",
         method="POST",
@@ -207,9 +215,12 @@ def argo_call(stack, body: dict) -> tuple[Phase, float]:
         timeout_seconds=10,
     )
     with httpx.Client() as client:
-        began = time.monotonic()
-        result = measure(client, web, 'result == "pass"', 'result == "fail"')
-    return result.phase, began
+        return measure(client, web, 'result == "pass"', 'result == "fail"')
+
+
+def argo_call(stack, body: dict) -> tuple[Phase, float]:
+    began = time.monotonic()
+    return argo_measure(stack, body).phase, began
 
 
 def body(revision: str) -> dict:

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import redis
 
+from worker.lua import Script
 from worker.notify.delivery import DeliveryResult
 from worker.notify.message import Notification
 
@@ -51,7 +52,7 @@ class DeadLetters:
         self._key = key
         self._retrying = f"{key}:retrying"
         self._max_len = max_len
-        self._take = redis_client.register_script(_TAKE)
+        self._take = Script(redis_client, _TAKE)
 
     def push(self, result: DeliveryResult, notification: Notification) -> str:
         """Store one failed delivery; returns its id. The oldest entries beyond max_len go."""
@@ -105,29 +106,32 @@ class DeadLetters:
     def restore(self, entry: dict[str, Any], result: DeliveryResult) -> None:
         """Put back an entry whose retry failed (or could not be started), one retry counted."""
         entry = {**entry, "retries": int(entry.get("retries", 0)) + 1, "result": result.to_dict()}
+        self._store(entry, taken=True)
+
+    def _store(self, entry: dict[str, Any], *, taken: bool = False) -> None:
+        raw = json.dumps(entry, separators=(",", ":"))
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hdel(self._retrying, entry["id"])
-        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
+        if taken:
+            pipe.hdel(self._retrying, entry["id"])
+        # The same entry removed first: a retried write (its reply lost) leaves one copy.
+        pipe.lrem(self._key, 0, raw)
+        pipe.lpush(self._key, raw)
         pipe.ltrim(self._key, 0, self._max_len - 1)
         pipe.execute()
 
-    def _store(self, entry: dict[str, Any]) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(self._key, json.dumps(entry, separators=(",", ":")))
-        pipe.ltrim(self._key, 0, self._max_len - 1)
-        pipe.execute()
 
-
-# INCR and EXPIRE in one step: a crash between the two would leave a counter that never expires.
+# Each message is a field of the window's hash, holding whether it was allowed: counting it
+# again (a retried call, its reply lost) answers the same and counts nothing. The expiry is set
+# in the same step: a crash between the two would leave a window that never expires.
 _ALLOW_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-end
-if count <= tonumber(ARGV[1]) then
-  return 1
-end
-return 0
+local seen = redis.call('HGET', KEYS[1], ARGV[3])
+if seen then return tonumber(seen) end
+local count = redis.call('HLEN', KEYS[1]) + 1
+local allowed = 0
+if count <= tonumber(ARGV[1]) then allowed = 1 end
+redis.call('HSET', KEYS[1], ARGV[3], allowed)
+if count == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return allowed
 """
 
 
@@ -143,11 +147,13 @@ class RateLimiter:
         self._redis = redis_client
         self._prefix = prefix
         self._clock = clock
-        self._allow = redis_client.register_script(_ALLOW_SCRIPT)
+        self._allow = Script(redis_client, _ALLOW_SCRIPT)
 
-    def allow(self, key: str, per_minute: int) -> bool:
-        """Count one message for `key`; True while at most `per_minute` fell in this minute."""
+    def allow(self, key: str, per_minute: int, message: str | None = None) -> bool:
+        """Count one message for `key`; True while at most `per_minute` fell in this minute.
+        `message` names it: counted once however often it is asked about (None: a new one)."""
         window = int(self._clock() // 60)
         counter = f"{self._prefix}:{key}:{window}"
         # Expire after two windows so a slow clock on one worker cannot resurrect a count.
-        return int(self._allow(keys=[counter], args=[per_minute, 120])) == 1
+        name = message or uuid.uuid4().hex
+        return int(self._allow(keys=[counter], args=[per_minute, 120, name])) == 1
