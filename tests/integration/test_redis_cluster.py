@@ -30,6 +30,10 @@ from tests.integration.test_core_e2e import body_for, core_stack, pinned_end
 from tests.support.actions_world import argo_measure, body, start_split_actions_world
 from tests.support.argo import Phase
 from tests.support.procs import wait_for
+from worker.notify.dead_letter import DeadLetters
+from worker.notify.delivery import DeliveryResult
+from worker.notify.message import Notification
+from worker.redis_clients import sync_client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -191,3 +195,21 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
         for message in generic:
             stored = client.get(f"/v1/analyses/{message['analysis_id']}").json()
             assert len(stored["actions"]) == 1, stored["actions"]
+
+
+def test_a_dead_letter_is_taken_and_put_back_on_a_cluster(redis_cluster):
+    """Retrying a dead letter moves it between the list and the retrying hash in one step:
+    both keys must share a slot, or the cluster refuses the script and the transaction."""
+    client = sync_client(redis_cluster.url, cluster=True)
+    letters = DeadLetters(client, key=f"ra:cluster-letters-{time.time_ns()}:dead-letters")
+    failed = DeliveryResult("audit", "failed", 3, 500, "server error")
+    note = Notification(analysis_id="b" * 32, service="svc", namespace="ns", rollout="r",
+                        revision="1", verdict="fail")  # fmt: skip
+    entry_id = letters.push(failed, note)
+    taken = letters.take(entry_id)
+    assert taken is not None and letters.list() == []
+    letters.restore(taken, failed)  # its retry failed again
+    assert [(e["id"], e["retries"]) for e in letters.list()] == [(entry_id, 1)]
+    assert letters.take(entry_id) is not None
+    letters.release(entry_id)  # delivered this time
+    assert letters.list() == [] and letters.take(entry_id) is None

@@ -50,7 +50,9 @@ class DeadLetters:
     ) -> None:
         self._redis = redis_client
         self._key = key
-        self._retrying = f"{key}:retrying"
+        # In the list's Redis Cluster slot (TAKE and restore touch both): a name without braces
+        # is hashed whole, so `{name}:...` lands beside it.
+        self._retrying = f"{{{key}}}:retrying" if "{" not in key else f"{key}:retrying"
         self._max_len = max_len
         self._take = Script(redis_client, _TAKE)
 
