@@ -19,11 +19,16 @@ from redis.exceptions import NoScriptError
 Arg = str | bytes | int | float
 
 
-class Script:
-    def __init__(self, client: redis.Redis, source: str) -> None:
-        self.client = client
+class _Lua:
+    def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+class Script(_Lua):
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        super().__init__(source)
+        self.client = client
 
     def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:
@@ -32,11 +37,10 @@ class Script:
             return self.client.eval(self.source, len(keys), *keys, *args)
 
 
-class AsyncScript:
+class AsyncScript(_Lua):
     def __init__(self, client: aioredis.Redis, source: str) -> None:
+        super().__init__(source)
         self.client = client
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:

@@ -30,11 +30,10 @@ from redis.cluster import RedisCluster
 from worker import codec
 from worker.history import PollEntry
 from worker.keyspace import Keys, new_analysis_id
-from worker.lua import AsyncScript, Script
+from worker.lua import Arg, AsyncScript, Script
 from worker.query_cap import TAKE_SLOT, SlotRequest
 
 # What a Lua script's ARGV takes.
-Arg = str | bytes | int | float
 
 __all__ = [
     "AsyncStore",
