@@ -30,7 +30,7 @@ from webhooks.context import STORE_ERRORS, WebhookContext
 from webhooks.errors import error
 from webhooks.recent import Answer as RecentAnswer
 from webhooks.schemas import AnalysisAnswer, answers, inline_refs
-from worker import codec, tracing
+from worker import codec, hints, tracing
 from worker.keyspace import new_analysis_id
 from worker.store import RESULT_TEXT, Claim
 from worker.task_names import ANALYZE_TASK
@@ -208,18 +208,23 @@ async def claim_and_enqueue(
     rt, settings = ctx.runtime, ctx.settings
     identity = spec.identity()
     new_id = new_analysis_id(identity)
-    task = rt.dispatcher.message(ANALYZE_TASK, [new_id])
+    spec_json, now = spec.to_json(), time.time()
+    # The task tells its worker the spec and its query slot ahead of START (worker/hints.py).
+    hint, slot = hints.for_claim(spec_json, now, ctx.query_cap)
+    task = rt.dispatcher.message(ANALYZE_TASK, [new_id], {hints.HEADER: hint.header()})
+    task_slot = (slot, *hint.slot_marker()) if task is not None and slot is not None else None
     # Listen first: a task pushed by the claim script may finish before this coroutine resumes.
     expected = ctx.waiter.expect(new_id)
     try:
         claim = await rt.store.claim(
             identity,
-            spec.to_json(),
+            spec_json,
             pending_seconds=settings.pending_seconds,
             result_ttl_seconds=settings.result_ttl_seconds,
-            now=time.time(),
+            now=now,
             new_id=new_id,
             task=task,
+            task_slot=task_slot,
         )
     except BaseException as exc:
         ctx.waiter.forget(new_id, expected)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import redis.exceptions
@@ -16,6 +17,7 @@ from webhooks.metrics import WebhookMetrics
 from webhooks.recent import RecentAnswers
 from webhooks.runtime import Runtime, build_runtime
 from webhooks.waiting import CompletionWaiter
+from worker import hints
 from worker.report_links import report_url
 from worker.settings import Settings
 
@@ -34,6 +36,11 @@ class WebhookContext:
     @classmethod
     def build(cls, settings: Settings) -> WebhookContext:
         return cls(settings, settings.policies())
+
+    @cached_property
+    def query_cap(self) -> tuple[str, int, int] | None:
+        """The workers' cap on PromQL queries: a claim takes a slot of it for its task."""
+        return hints.cap_of(self.settings)
 
     @property
     def runtime(self) -> Runtime:

@@ -29,9 +29,11 @@ REDIS_CONNECTIONS = 256  # per webhook process; Redis takes 10,000 by default
 class Dispatcher(Protocol):
     async def enqueue(self, task: str, args: list[Any]) -> None: ...
 
-    def message(self, task: str, args: list[Any]) -> tuple[str, bytes] | None:
+    def message(
+        self, task: str, args: list[Any], headers: dict[str, Any] | None = None
+    ) -> tuple[str, bytes] | None:
         """(queue key, message) for the claim script to push, when the broker is the state
-        store's Redis; None: enqueue after the claim."""
+        store's Redis; None: enqueue after the claim. `headers`: more Celery headers."""
         ...
 
     def close(self) -> None: ...
@@ -62,11 +64,13 @@ class CeleryDispatcher:
         # kombu publishes synchronously; keep the event loop free while it does.
         await asyncio.to_thread(self._app.send_task, task, args=args, queue=queue)
 
-    def message(self, task: str, args: list[Any]) -> tuple[str, bytes] | None:
+    def message(
+        self, task: str, args: list[Any], headers: dict[str, Any] | None = None
+    ) -> tuple[str, bytes] | None:
         if not self._with_claim:
             return None
         producer = self._producers[queue_for(self._settings, task)]
-        return producer.queue, producer.envelope(task, args)
+        return producer.queue, producer.envelope(task, args, headers)
 
     def close(self) -> None:
         pass
@@ -138,7 +142,9 @@ class InProcessDispatcher:
     async def enqueue(self, task: str, args: list[Any]) -> None:
         self.submit(task, args)
 
-    def message(self, task: str, args: list[Any]) -> tuple[str, bytes] | None:
+    def message(
+        self, task: str, args: list[Any], headers: dict[str, Any] | None = None
+    ) -> tuple[str, bytes] | None:
         return None  # no queue: a thread of this process takes it
 
     def close(self) -> None:

@@ -24,8 +24,9 @@ from analysis.request import AnalysisSpec, RequestError
 from analysis.sequential import Poll, advance
 from analysis.sources import MetricsSource, SourceError
 from worker import tracing
+from worker.hints import Hint
 from worker.history import History
-from worker.query_cap import holding, slot_request
+from worker.query_cap import CappedSource, holding, slot_request
 from worker.sequences import SequenceStore, sequence_id
 from worker.store import Store
 
@@ -127,19 +128,30 @@ def lease_kept(
         _renewer.remove(lease)
 
 
+class NotStarted(Exception):
+    """START, read after the query sent ahead of it, did not start the analysis here."""
+
+    def __init__(self, state: str, record: dict[str, Any] | None) -> None:
+        super().__init__(state)
+        self.state = state
+        self.record = record
+
+
 def run_live(
     spec: AnalysisSpec,
     source: MetricsSource,
     sequences: SequenceStore,
     end: float,
     deadline: float,
+    before_save: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """One live poll: the interval since the canary's previous poll, added to its sequence.
 
     One PromQL round trip (none when the poll adds no new time: a retry or a stale request).
     The save is a compare-and-set: a poll that raced another re-reads and tries again, after a
     short random pause, until `deadline` (monotonic): N polls of one canary at once take N
-    rounds, and a fixed number of tries failed the rest of a burst's polls.
+    rounds, and a fixed number of tries failed the rest of a burst's polls. `before_save` runs
+    before the first save (it raises when the poll is not this worker's to record).
     """
     seq_id = sequence_id(spec)
     end = float(int(end))  # whole seconds: PromQL ranges and offsets take no fractions
@@ -153,12 +165,16 @@ def run_live(
             observation = source.observe(spec, end, deadline, seconds)
         poll = Poll(end, observation.window_seconds, observation.canary, observation.baseline)
         result = advance(state, poll, spec.policy)
+        before_save()
         if sequences.save(seq_id, result.sequence, version):
             return live_report(spec, observation, result, seq_id)
         if time.monotonic() + pause >= deadline:
             raise SourceError("another poll of this canary kept changing its sequence; try again")
         time.sleep(pause * random.uniform(0.5, 1.5))  # spread the racing polls apart
         pause = min(CAS_PAUSE_MAX_SECONDS, pause * 2)
+
+
+Begun = tuple[str, dict[str, Any] | None, str | None]  # START's answer: see Store.begin
 
 
 def execute(
@@ -174,53 +190,141 @@ def execute(
     after: Callable[[dict[str, Any]], None] | None = None,
     sequences: SequenceStore | None = None,
     history: History | None = None,
+    hint: Hint | None = None,
 ) -> str:
     """Compute and record one analysis; returns what happened (started/done/taken/…).
 
-    A done analysis goes on its rollout's timeline (`history`, the report pages), then to
-    `after` (its event)."""
-    # START takes the query's slot too where it can: one round trip less (worker/query_cap.py).
-    slot = slot_request(source) if store.on_one_node else None
-    state, found, held = store.begin(analysis_id, worker, lease_seconds, slot)
-    record = found or {}
-    tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
-    if state != "started":
-        log.info("analysis skipped", extra={"analysis_id": analysis_id, "state": state})
-        result = record.get("result")
-        if (
-            state == "done"
-            and after is not None
-            and isinstance(result, dict)
-            and "verdict" in result
-        ):
-            # A redelivery after the follow-up may have been cut short: offer it again;
-            # the follow-up is idempotent per event and step, a poll's line per poll.
-            if history is not None:
-                history.poll(result)
-            after(result)
-        return state
+    With a usable `hint` (worker/hints.py) START is sent and the query with it; START's answer
+    is read before anything is written. Without one, START answers first and takes the
+    query's slot along where it can. A done analysis goes on its rollout's timeline
+    (`history`, the report pages), then to `after` (its event)."""
+    spec_data: Any
+    if usable(hint, store, source):
+        assert hint is not None
+        begun = store.begin_sent(analysis_id, worker, lease_seconds)
+        spec_data, queued_at, held = hint.spec, hint.queued_at, hint.slot
+    else:
+        # START takes the query's slot too where it can: one round trip less (query_cap.py).
+        slot = slot_request(source) if store.on_one_node else None
+        answer = store.begin(analysis_id, worker, lease_seconds, slot)
+        state, found, held = answer
+        tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
+        if state != "started":
+            return skipped(analysis_id, state, found, after, history)
+        record: dict[str, Any] = found or {}
+        spec_data, queued_at = record.get("spec"), float(record.get("queued_at", time.time()))
+
+        def begun() -> Begun:
+            return answer
+
+    confirmed: list[str] = []
+
+    def confirm() -> None:
+        if confirmed:
+            return
+        state, found, _ = begun()
+        tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
+        if state != "started":
+            raise NotStarted(state, found)
+        confirmed.append(state)
+
+    try:
+        return compute(
+            store,
+            analysis_id,
+            spec_data,
+            queued_at,
+            confirm,
+            worker=worker,
+            source=source,
+            held=held,
+            policies=policies,
+            lease_seconds=lease_seconds,
+            reuse_seconds=reuse_seconds,
+            budget_seconds=budget_seconds,
+            after=after,
+            sequences=sequences,
+            history=history,
+        )
+    except NotStarted as not_here:
+        return skipped(analysis_id, not_here.state, not_here.record, after, history)
+    finally:
+        begun()  # read: its connection goes back to the pool
+
+
+def usable(hint: Hint | None, store: Store, source: MetricsSource) -> bool:
+    """Whether the query may go before START's answer: with the slot the claim took for it
+    in this worker's cap, or under no cap (and START a script on one Redis)."""
+    if hint is None or not store.on_one_node:
+        return False
+    if isinstance(source, CappedSource):
+        return hint.slot is not None and hint.cap == source.cap.key
+    return True
+
+
+def skipped(
+    analysis_id: str,
+    state: str,
+    found: dict[str, Any] | None,
+    after: Callable[[dict[str, Any]], None] | None,
+    history: History | None,
+) -> str:
+    """An analysis START did not start here: done, taken, superseded, error or missing."""
+    log.info("analysis skipped", extra={"analysis_id": analysis_id, "state": state})
+    result = (found or {}).get("result")
+    if state == "done" and after is not None and isinstance(result, dict) and "verdict" in result:
+        # A redelivery after the follow-up may have been cut short: offer it again;
+        # the follow-up is idempotent per event and step, a poll's line per poll.
+        if history is not None:
+            history.poll(result)
+        after(result)
+    return state
+
+
+def compute(
+    store: Store,
+    analysis_id: str,
+    spec_data: Any,
+    queued_at: float,
+    confirm: Callable[[], None],
+    *,
+    worker: str,
+    source: MetricsSource,
+    held: str | None,
+    policies: PolicySet,
+    lease_seconds: float,
+    reuse_seconds: float,
+    budget_seconds: float,
+    after: Callable[[dict[str, Any]], None] | None,
+    sequences: SequenceStore | None,
+    history: History | None,
+) -> str:
+    """The analysis' query, verdict and FINISH; `confirm` raises NotStarted before the first
+    write if START did not start it here."""
     # START's slot goes back as the query answers, Redis' reply to that read after FINISH:
     # neither waits on the way to the verdict.
     with holding(source, held) as source:
-        queued_at = float(record.get("queued_at", time.time()))
         started = time.time()
         deadline = time.monotonic() + budget_seconds
         status, payload = "done", {}
         end: float | None = None
         with lease_kept(store, analysis_id, worker, lease_seconds) as lease:
             try:
-                spec = AnalysisSpec.from_json(record["spec"], policies)
+                if not isinstance(spec_data, dict):
+                    raise KeyError("the analysis has no spec")
+                spec = AnalysisSpec.from_json(spec_data, policies)
                 end = spec.end if spec.end is not None else source.latest_time(spec, queued_at)
                 with tracing.statistics_timed(source) as timed_source:
                     # A live poll (a window ending "now") joins its canary's sequence; a look at
                     # the past is one fixed window.
                     if sequences is not None and spec.live:
-                        payload = run_live(spec, timed_source, sequences, end, deadline)
+                        payload = run_live(spec, timed_source, sequences, end, deadline, confirm)
                     else:
                         payload = run_analysis(spec, timed_source, end=end, deadline=deadline)
             except (SourceError, RequestError, KeyError, ValueError) as exc:
                 status = "error"
                 payload = {"error": str(exc)[:1000]}
+        confirm()
         if lease.lost:
             log.warning("analysis dropped: lease lost", extra={"analysis_id": analysis_id})
             return "lost"

@@ -9,7 +9,7 @@ on whichever node the keys lead to, and leaves it cached there for the next EVAL
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 Arg = str | bytes | int | float
+_NO_REPLY = object()
 
 
 class _Lua:
@@ -35,6 +36,45 @@ class Script(_Lua):
             return self.client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return self.client.eval(self.source, len(keys), *keys, *args)
+
+    def send(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Callable[[], Any]:
+        """Run the script now, read its reply later (once, however often the call returned is
+        called): the caller works meanwhile. A reply that does not come (a dropped
+        connection, NOSCRIPT) is had by calling the script again, so the script must answer a
+        second run as the first (every script of ours does). A cluster client has no single
+        pool: there it runs at once."""
+        pool = getattr(self.client, "connection_pool", None)
+        settled: list[Any] = []
+        if not isinstance(pool, redis.ConnectionPool):
+            settled.append(self(keys, args))
+            return lambda: settled[0]
+        connection: Any = pool.get_connection()
+        try:
+            connection.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pool.release(connection)  # the failed send closed it
+            connection = None
+        except BaseException:
+            pool.release(connection)
+            raise
+
+        def settle() -> Any:
+            nonlocal connection
+            if settled:
+                return settled[0]
+            answer: Any = _NO_REPLY
+            if connection is not None:
+                try:
+                    answer = connection.read_response()
+                except (NoScriptError, redis.ConnectionError, redis.TimeoutError):
+                    pass
+                finally:
+                    pool.release(connection)
+                    connection = None
+            settled.append(self(keys, args) if answer is _NO_REPLY else answer)
+            return settled[0]
+
+        return settle
 
 
 class AsyncScript(_Lua):

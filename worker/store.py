@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,9 @@ __all__ = [
 
 # KEYS: the claim, the new analysis's record. ARGV[1] is the prefix with the claim's slot tag:
 # every analysis of a claim shares its tag, so the current one's keys are in this slot too.
-CLAIM = """
+CLAIM = (
+    TAKE_SLOT
+    + """
 local prefix, new_id = ARGV[1], ARGV[2]
 local current = redis.call('GET', KEYS[1])
 -- This very call, run again (its reply was lost, the client retried): the claim is still ours.
@@ -70,13 +72,29 @@ end
 local record = KEYS[2]
 -- With the broker on this Redis, the task's message goes in with the claim: one round trip,
 -- and never a claim without its task (KEYS[3] the queue, ARGV[7] the message).
-if ARGV[7] then redis.call('LPUSH', KEYS[3], ARGV[7]) end
+if ARGV[7] then
+  local message = ARGV[7]
+  -- Where queries are capped (KEYS[4] the cap's holders, ARGV[10..12] holder, limit, lease
+  -- ms), a slot for the analysis' query, so its worker need not wait for START to send it
+  -- (worker/hints.py); only with no task waiting, or the slot would idle behind a backlog.
+  -- The message names the slot (ARGV[8]); with none taken it says so (ARGV[9]).
+  if KEYS[4] then
+    local taken = redis.call('LLEN', KEYS[3]) == 0
+      and take_slot(KEYS[4], tonumber(ARGV[11]), ARGV[10], tonumber(ARGV[12])) == 1
+    if not taken then
+      local at = string.find(message, ARGV[8], 1, true)
+      message = string.sub(message, 1, at - 1) .. ARGV[9] .. string.sub(message, at + #ARGV[8])
+    end
+  end
+  redis.call('LPUSH', KEYS[3], message)
+end
 redis.call('HSET', record, 'id', new_id, 'claim', KEYS[1], 'status', 'queued',
            'spec', ARGV[5], 'queued_at', ARGV[6])
 redis.call('EXPIRE', record, ARGV[4])
 redis.call('SET', KEYS[1], new_id, 'PX', ARGV[3])
 return {new_id, 'new'}
 """
+)
 
 # Every transition below is one script and checks who holds the analysis: its lease key names
 # the worker running it. Only START acquires (a queued analysis, or a running one whose lease
@@ -287,12 +305,16 @@ class Store:
             reply = self._start_with_slot(keys=[*keys, slot.key], args=[*args, *slot.args()])
         else:
             reply = self._start(keys=keys, args=args)
-        state = _text(reply[0])
-        if len(reply) < 2:
-            return state, None, None
-        flat = reply[1]
-        held = slot.holder if slot is not None and len(reply) > 2 and reply[2] == 1 else None
-        return state, decode_record(dict(zip(flat[::2], flat[1::2], strict=True))), held
+        return _begun(reply, slot)
+
+    def begin_sent(
+        self, analysis_id: str, worker: str, lease_seconds: float
+    ) -> Callable[[], tuple[str, dict[str, Any] | None, str | None]]:
+        """START sent now, its answer (as `begin`'s) read with the call returned: the worker
+        queries meanwhile (worker/hints.py)."""
+        keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
+        reply = self._start.send(keys=keys, args=[worker, int(lease_seconds * 1000), time.time()])
+        return lambda: _begun(reply(), None)
 
     def renew(self, analysis_id: str, worker: str, lease_seconds: float) -> bool:
         """True while `worker` holds the analysis; False once it lost it (stop, record nothing)."""
@@ -372,10 +394,13 @@ class AsyncStore:
         now: float,
         new_id: str | None = None,
         task: tuple[str, bytes] | None = None,
+        task_slot: tuple[SlotRequest, str, str] | None = None,
     ) -> Claim:
         """The identity's analysis: the one found (queued, running or done) or a new one,
         `new_id` if given. `task` (queue, message): pushed onto the queue with a new claim, in
-        the same script (only where the broker is this Redis, never a cluster)."""
+        the same script (only where the broker is this Redis, never a cluster). `task_slot`
+        (the query slot, its text in the message, the text saying none was taken): a slot the
+        claim takes for the task's query if one is free and no task waits (worker/hints.py)."""
         new_id = new_id or new_analysis_id(identity)
         claim_key = self.keys.claim(identity)
         keys = [claim_key, self.keys.record(new_id)]
@@ -390,6 +415,10 @@ class AsyncStore:
         if task is not None:
             keys.append(task[0])
             args.append(task[1])
+            if task_slot is not None:
+                request, marker, none_taken = task_slot
+                keys.append(request.key)
+                args.extend([marker, none_taken, request.holder, request.limit, request.lease_ms])
         found = await self._claim(keys=keys, args=args)
         record = None
         if len(found) > 2:
@@ -409,6 +438,16 @@ class AsyncStore:
     async def live_workers(self, within_seconds: float) -> int:
         now = time.time()
         return int(await self.redis.zcount(self.keys.workers, now - within_seconds, "+inf"))
+
+
+def _begun(reply: Any, slot: SlotRequest | None) -> tuple[str, dict[str, Any] | None, str | None]:
+    """START's answer: its state, the record when started or done, the slot's holder if taken."""
+    state = _text(reply[0])
+    if len(reply) < 2:
+        return state, None, None
+    flat = reply[1]
+    held = slot.holder if slot is not None and len(reply) > 2 and reply[2] == 1 else None
+    return state, decode_record(dict(zip(flat[::2], flat[1::2], strict=True))), held
 
 
 def _text(value: Any) -> str:

@@ -15,6 +15,7 @@ from celery import Task, current_app, shared_task
 
 from analysis.policy import PolicySet
 from analysis.sources import MetricsSource
+from worker import hints
 from worker.celery_app import worker_name, worker_store
 from worker.chat import RetryLater
 from worker.followup import Followup, build_followup
@@ -86,8 +87,8 @@ RETRIED = {
 }
 
 
-@shared_task(name=ANALYZE_TASK, **RETRIED)
-def analyze(analysis_id: str) -> str:
+@shared_task(bind=True, name=ANALYZE_TASK, **RETRIED)
+def analyze(self: Task, analysis_id: str) -> str:
     settings = get_settings()
     return execute(
         worker_store(),
@@ -101,6 +102,8 @@ def analyze(analysis_id: str) -> str:
         after=followup().on_verdict,
         sequences=_sequences(),
         history=followup().history,
+        # What the webhook's message says ahead of START (worker/hints.py).
+        hint=hints.read(self.request),
     )
 
 

@@ -116,6 +116,10 @@ class LossyRedisProxy:
         # on the masters it knew and a fail-over sends the next call to a promoted replica.
         self.script_loads_elsewhere = False
         self._seen: set[bytes] = set()
+        # A batch's reply held back until the event returned for it is set (or 2 s passed):
+        # what the caller does before it reads a reply shows in what happens meanwhile.
+        self.hold: Callable[[list[bytes]], threading.Event | None] = lambda _batch: None
+        self.held: list[tuple[str, bool]] = []  # (the batch's writes, released by its event)
         self._lock = threading.Lock()
         self._lose = lose or self._first_of_each_write
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -195,6 +199,11 @@ class LossyRedisProxy:
                     with self._lock:
                         self.lost[named] += 1
                     return  # the caller hears only a dropped connection
+                event = self.hold(sent)
+                if event is not None:
+                    released = event.wait(2)
+                    with self._lock:
+                        self.held.append(("+".join(label(c) for c in sent), released))
                 client.sendall(reply)
         except (ConnectionError, OSError):
             return

@@ -1,0 +1,229 @@
+"""A task's hint (worker/hints.py) on a real redis-server: the claim takes the query's slot for
+its task, the worker sends START and the query together, and writes nothing before START has
+answered that the analysis is its own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from analysis.request import parse_request, resolve
+from tests.support.redis_proxy import LossyRedisProxy, label
+from tests.unit.test_jobs import POLICIES, REQUEST, InterruptedSource
+from webhooks.producer import RedisTaskProducer
+from worker import hints
+from worker.celery_app import app
+from worker.jobs import execute
+from worker.query_cap import CappedSource, QueryCap, cap_key
+from worker.sequences import SequenceStore, sequence_id
+from worker.store import START, AsyncStore, Store
+from worker.task_names import ANALYZE_TASK
+
+PREFIX = "ra:test:"
+QUEUE = "ra-test-hints"
+CAP = (cap_key(PREFIX, "http://prometheus.example:9090"), 2, 30_000)
+START_SHA = hashlib.sha1(START.encode(), usedforsecurity=False).hexdigest()
+
+
+def spec_of(request: dict[str, Any]) -> Any:
+    return resolve(parse_request(request), POLICIES)
+
+
+def claim(url: str, request: dict[str, Any] = REQUEST, cap: Any = CAP) -> tuple[str, hints.Hint]:
+    """A claim made as the webhook makes it: its task's message, with its hint, pushed by the
+    claim script. Returns the analysis id and the hint the worker reads from the message."""
+    spec = spec_of(request)
+
+    async def run() -> tuple[str, hints.Hint]:
+        client = aioredis.from_url(url)
+        try:
+            spec_json, now = spec.to_json(), time.time()
+            hint, slot = hints.for_claim(spec_json, now, cap)
+            producer = RedisTaskProducer(app, client, QUEUE)
+            new_id = "a" * 16 + str(time.monotonic_ns())[-16:]
+            message = producer.envelope(ANALYZE_TASK, [new_id], {hints.HEADER: hint.header()})
+            found = await AsyncStore(client, PREFIX).claim(
+                spec.identity(), spec_json, pending_seconds=60, result_ttl_seconds=600, now=now,
+                new_id=new_id, task=(QUEUE, message),
+                task_slot=(slot, *hint.slot_marker()) if slot else None,
+            )  # fmt: skip
+            pushed = json.loads(await client.lindex(QUEUE, 0))
+        finally:
+            await client.aclose()
+        # What the worker reads: Celery's request carries the message's headers.
+        header = pushed["headers"][hints.HEADER]
+        assert json.loads(base64.b64decode(pushed["body"]))[0] == [found.analysis_id]
+        read = hints.read({**pushed["headers"], "retries": 0})
+        assert read is not None and read.spec == header["spec"]
+        return found.analysis_id, read
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def url(redis_flushed) -> str:
+    return str(redis_flushed.url)
+
+
+def port_of(url: str) -> int:
+    redis.Redis.from_url(url).script_load(START)  # as after any first analysis: no NOSCRIPT
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def holders(url: str) -> list[bytes]:
+    return list(redis.Redis.from_url(url).zrange(CAP[0], 0, -1))
+
+
+def test_the_claim_takes_its_tasks_query_slot_when_one_is_free_and_no_task_waits(url):
+    _, hint = claim(url)
+    assert hint.slot is not None and hint.cap == CAP[0]
+    assert holders(url) == [hint.slot.encode()]
+
+
+def test_no_slot_is_taken_behind_a_waiting_task_or_past_the_cap(url):
+    kv = redis.Redis.from_url(url)
+    kv.lpush(QUEUE, b"a task nobody took yet")
+    _, behind = claim(url)
+    assert behind.slot is None and holders(url) == []  # it would idle behind the backlog
+    kv.delete(QUEUE)
+    kv.zadd(CAP[0], {"one": time.time() * 1000 + 60_000, "two": time.time() * 1000 + 60_000})
+    _, full = claim(url, {**REQUEST, "service": "other"})
+    assert full.slot is None and sorted(holders(url)) == [b"one", b"two"]
+
+
+def test_an_uncapped_claim_names_no_slot(url):
+    _, hint = claim(url, cap=None)
+    assert (hint.slot, hint.cap) == (None, None)
+
+
+def run(store: Store, analysis_id: str, source: Any, hint: hints.Hint | None, **more: Any) -> str:
+    handed_on: list[dict[str, Any]] = more.pop("handed_on", [])
+    return execute(
+        store, analysis_id, worker=more.pop("worker", "w1"), source=source, policies=POLICIES,
+        lease_seconds=5, reuse_seconds=15, budget_seconds=10, after=handed_on.append,
+        hint=hint, **more,
+    )  # fmt: skip
+
+
+class Seen:
+    """The demo recording as a source that counts its queries and sets `asked` at each;
+    `meanwhile` runs inside each query."""
+
+    def __init__(self) -> None:
+        self.inner = InterruptedSource()
+        self.name = self.inner.name
+        self.asked = threading.Event()
+        self.queries = 0
+        self.meanwhile: Any = lambda: None
+
+    def latest_time(self, spec: Any, now: float) -> float:
+        return self.inner.latest_time(spec, now)
+
+    def observe(self, spec: Any, end: float, deadline: Any = None, seconds: Any = None) -> Any:
+        observation = self.inner.source.observe(spec, end, deadline, seconds)
+        self.meanwhile()
+        self.queries += 1
+        self.asked.set()
+        return observation
+
+
+def test_the_query_goes_out_before_starts_answer_is_read(url):
+    """START's reply is held back by a proxy until the query has been made: a worker that
+    waited for it before querying would hold it 2 s, and the proxy would say so."""
+    analysis_id, hint = claim(url, cap=None)
+    with LossyRedisProxy(port_of(url)) as proxy:
+        proxy.enabled = False  # nothing lost: only START's reply held
+        source = Seen()
+        start = f"EVALSHA:{START_SHA}"
+        proxy.hold = lambda batch: source.asked if start in proxy_labels(batch) else None
+        store = Store(redis.Redis.from_url(proxy.url), PREFIX)
+        assert run(store, analysis_id, source, hint) == "done"
+        assert proxy.held == [(start, True)]  # released by the query, not by the 2 s
+
+
+def test_without_a_hint_start_answers_before_the_query(url):
+    analysis_id, _ = claim(url, cap=None)
+    with LossyRedisProxy(port_of(url)) as proxy:
+        proxy.enabled = False
+        source = Seen()
+        start = f"EVALSHA:{START_SHA}"
+        proxy.hold = lambda batch: source.asked if start in proxy_labels(batch) else None
+        store = Store(redis.Redis.from_url(proxy.url), PREFIX)
+        assert run(store, analysis_id, source, None) == "done"
+        assert proxy.held == [(start, False)]  # the query waited for START
+
+
+def proxy_labels(batch: list[bytes]) -> list[str]:
+    return [label(c) for c in batch]
+
+
+def test_an_analysis_another_worker_holds_is_queried_but_nothing_is_written(url):
+    """The message delivered twice: the second worker's query was made ahead of START, which
+    then answers `taken`. Its result is dropped; the slot goes back; a live poll's sequence,
+    the one thing written before FINISH, is left as it was."""
+    analysis_id, hint = claim(url)
+    kv = redis.Redis.from_url(url)
+    store = Store(kv, PREFIX)
+    assert store.begin(analysis_id, "w-first", 30)[0] == "started"
+    cap = QueryCap(kv, CAP[0], CAP[1])
+    source, handed_on = Seen(), []
+    sequences = SequenceStore(kv, PREFIX, 3600)
+    got = run(store, analysis_id, CappedSource(source, cap), hint, worker="w-second",
+              sequences=sequences, handed_on=handed_on)  # fmt: skip
+    assert got == "taken" and source.queries == 1
+    record = store.record(analysis_id)
+    assert (record["status"], record["worker"]) == ("running", "w-first")
+    assert handed_on == [] and holders(url) == []
+    live = spec_of(REQUEST)
+    assert live.live and sequences.load(sequence_id(live)) == (None, 0)
+
+
+def test_a_done_analysis_delivered_again_is_offered_to_the_follow_up_not_recorded_again(url):
+    analysis_id, hint = claim(url)
+    kv = redis.Redis.from_url(url)
+    store, cap = Store(kv, PREFIX), QueryCap(kv, CAP[0], CAP[1])
+    handed_on: list[dict[str, Any]] = []
+    assert run(store, analysis_id, CappedSource(Seen(), cap), hint, handed_on=handed_on) == "done"
+    finished_at = store.record(analysis_id)["finished_at"]
+    again = run(store, analysis_id, CappedSource(Seen(), cap), hint, worker="w2",
+                handed_on=handed_on)  # fmt: skip
+    assert again == "done" and store.record(analysis_id)["finished_at"] == finished_at
+    assert [r["analysis_id"] for r in handed_on] == [analysis_id, analysis_id]
+    assert holders(url) == []
+
+
+def test_a_hint_with_a_slot_of_another_cap_is_not_trusted(url):
+    """A worker whose cap differs from the webhook's (another Prometheus URL or prefix) takes
+    its own slot with START, before its query, as without a hint."""
+    analysis_id, hint = claim(url)
+    kv = redis.Redis.from_url(url)
+    other = QueryCap(kv, cap_key(PREFIX, "http://elsewhere:9090"), 1)
+    seen: list[int] = []
+    source = Seen()
+    source.meanwhile = lambda: seen.append(other.holders())
+    assert run(Store(kv, PREFIX), analysis_id, CappedSource(source, other), hint) == "done"
+    assert seen == [1]  # the query ran in a slot of the worker's own cap
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"retries": 1},  # Celery's retry of the task
+        {"redelivered": True},  # put back on the queue (kombu marks it)
+        {"delivery_info": {"redelivered": True}},
+    ],
+)
+def test_only_a_first_delivery_uses_its_hint(url, change):
+    _, hint = claim(url)
+    header = {hints.HEADER: hint.header(), "retries": 0}
+    assert hints.read(header) is not None
+    assert hints.read({**header, **change}) is None

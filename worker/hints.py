@@ -1,0 +1,88 @@
+"""What an analysis task's message tells its worker before START answers.
+
+START (worker/store.py) is a round trip before the worker may trust its claim on an analysis;
+the PromQL query it then sends needs only the analysis' spec and, where queries are capped, a
+query slot. The webhook knows both when it claims: it puts them in the task's message (a Celery
+header, which a worker that predates it ignores), and the claim script takes the slot for it. A
+worker holding such a message sends START and the query at once, and reads START's answer
+before it writes anything (a sequence, a result): a message whose analysis turns out to be
+someone else's costs one query, never a record (worker/jobs.py, `execute`).
+
+A hint is used only on a message's first delivery, fresh from its claim: a retried task, a
+message put back on the queue, or one that waited long has START answer first, as before.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from worker.query_cap import SlotRequest, cap_key
+from worker.settings import Settings
+
+HEADER = "ra_hint"
+# A message older than this (by the webhook's clock against the worker's) is not trusted ahead
+# of START: its slot (held `task_soft_time_limit` from the claim) may be near its end.
+FRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Hint:
+    spec: dict[str, Any]
+    queued_at: float
+    # The holder of the query slot the claim took for this analysis (None: it took none).
+    slot: str | None
+    cap: str | None  # the cap's key the slot is in
+
+    def header(self) -> dict[str, Any]:
+        return {"spec": self.spec, "queued_at": self.queued_at, "slot": self.slot, "cap": self.cap}
+
+    def slot_marker(self) -> tuple[str, str]:
+        """The slot's text in the message as orjson writes it, and what replaces it when the
+        claim could take no slot: the claim script edits the message it pushes."""
+        return f'"slot":{orjson.dumps(self.slot).decode()}', '"slot":null'
+
+
+def for_claim(
+    spec: dict[str, Any], queued_at: float, cap: tuple[str, int, int] | None
+) -> tuple[Hint, SlotRequest | None]:
+    """The hint of a new claim's task, and the query slot the claim should take for it (a new
+    holder of `cap`, from `cap_of`; None: uncapped)."""
+    if cap is None:
+        return Hint(spec, queued_at, None, None), None
+    key, limit, lease_ms = cap
+    slot = SlotRequest(key, limit, uuid.uuid4().hex, lease_ms)
+    return Hint(spec, queued_at, slot.holder, key), slot
+
+
+def cap_of(settings: Settings) -> tuple[str, int, int] | None:
+    """The query cap the workers run under, as (key, limit, slot lease ms); None: uncapped."""
+    limit = settings.prometheus_max_concurrent_queries
+    if not limit or settings.recording or not settings.prometheus_url:
+        return None
+    lease_ms = max(1, int(settings.task_soft_time_limit * 1000))
+    return cap_key(settings.key_prefix, settings.prometheus_url), limit, lease_ms
+
+
+def read(request: Any, now: float | None = None) -> Hint | None:
+    """The hint of a Celery task request, if it may be used ahead of START."""
+    value = request.get(HEADER)
+    if not isinstance(value, dict) or request.get("retries") or request.get("redelivered"):
+        return None
+    delivery = request.get("delivery_info") or {}
+    if isinstance(delivery, dict) and delivery.get("redelivered"):
+        return None
+    spec, queued_at = value.get("spec"), value.get("queued_at")
+    slot, cap = value.get("slot"), value.get("cap")
+    if not isinstance(spec, dict) or not isinstance(queued_at, int | float):
+        return None
+    age = (time.time() if now is None else now) - queued_at
+    if not -FRESH_SECONDS < age < FRESH_SECONDS:
+        return None
+    if not (slot is None or isinstance(slot, str)) or not (cap is None or isinstance(cap, str)):
+        return None
+    return Hint(spec, float(queued_at), slot, cap)
