@@ -37,6 +37,10 @@ class Hint:
     # The holder of the query slot the claim took for this analysis (None: it took none).
     slot: str | None
     cap: str | None  # the cap's key the slot is in
+    # Whether the query may go before START answers: a first delivery, fresh from its claim.
+    # Otherwise START answers first, and takes the claim's slot (still held, or again) as its
+    # own, so a slot is never held twice for one analysis.
+    ahead: bool = True
 
     def header(self) -> dict[str, Any]:
         return {"spec": self.spec, "queued_at": self.queued_at, "slot": self.slot, "cap": self.cap}
@@ -69,20 +73,20 @@ def cap_of(settings: Settings) -> tuple[str, int, int] | None:
 
 
 def read(request: Any, now: float | None = None) -> Hint | None:
-    """The hint of a Celery task request, if it may be used ahead of START."""
+    """The hint of a Celery task request (None: none, or not one of ours); `ahead` says
+    whether it may be used ahead of START."""
     value = request.get(HEADER)
-    if not isinstance(value, dict) or request.get("retries") or request.get("redelivered"):
-        return None
-    delivery = request.get("delivery_info") or {}
-    if isinstance(delivery, dict) and delivery.get("redelivered"):
+    if not isinstance(value, dict):
         return None
     spec, queued_at = value.get("spec"), value.get("queued_at")
     slot, cap = value.get("slot"), value.get("cap")
     if not isinstance(spec, dict) or not isinstance(queued_at, int | float):
         return None
-    age = (time.time() if now is None else now) - queued_at
-    if not -FRESH_SECONDS < age < FRESH_SECONDS:
-        return None
     if not (slot is None or isinstance(slot, str)) or not (cap is None or isinstance(cap, str)):
         return None
-    return Hint(spec, float(queued_at), slot, cap)
+    delivery = request.get("delivery_info") or {}
+    again = bool(request.get("retries") or request.get("redelivered"))
+    again = again or (isinstance(delivery, dict) and bool(delivery.get("redelivered")))
+    age = (time.time() if now is None else now) - queued_at
+    ahead = not again and -FRESH_SECONDS < age < FRESH_SECONDS
+    return Hint(spec, float(queued_at), slot, cap, ahead)

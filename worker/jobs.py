@@ -199,13 +199,13 @@ def execute(
     query's slot along where it can. A done analysis goes on its rollout's timeline
     (`history`, the report pages), then to `after` (its event)."""
     spec_data: Any
-    if usable(hint, store, source):
-        assert hint is not None
+    if hint is not None and hint.ahead and usable(hint, store, source):
         begun = store.begin_sent(analysis_id, worker, lease_seconds)
         spec_data, queued_at, held = hint.spec, hint.queued_at, hint.slot
     else:
-        # START takes the query's slot too where it can: one round trip less (query_cap.py).
-        slot = slot_request(source) if store.on_one_node else None
+        # START takes the query's slot too where it can: one round trip less (query_cap.py);
+        # the slot the claim took for it, if any, under the same holder (never a second one).
+        slot = slot_request(source, claimed_slot(hint, source)) if store.on_one_node else None
         answer = store.begin(analysis_id, worker, lease_seconds, slot)
         state, found, held = answer
         tracing.set_attributes({"analysis.id": analysis_id, "analysis.worker_state": state})
@@ -260,6 +260,13 @@ def usable(hint: Hint | None, store: Store, source: MetricsSource) -> bool:
     if isinstance(source, CappedSource):
         return hint.slot is not None and hint.cap == source.cap.key
     return True
+
+
+def claimed_slot(hint: Hint | None, source: MetricsSource) -> str | None:
+    """The holder of the slot the claim took for the analysis, in this worker's cap."""
+    if hint is None or not isinstance(source, CappedSource) or hint.cap != source.cap.key:
+        return None
+    return hint.slot
 
 
 def skipped(

@@ -39,9 +39,11 @@ local function take_slot(key, limit, holder, lease_ms)
   local now = redis.call('TIME')
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-  -- A holder has one slot: taking it again (a retried call) keeps it.
-  if redis.call('ZSCORE', key, holder) then return 1 end
-  if redis.call('ZCARD', key) >= limit then return 0 end
+  -- A holder has one slot: taking it again (a retried call, START taking the slot its claim
+  -- took) keeps it, for a lease from now.
+  if not redis.call('ZSCORE', key, holder) and redis.call('ZCARD', key) >= limit then
+    return 0
+  end
   redis.call('ZADD', key, now_ms + lease_ms, holder)
   -- The key outlives its longest lease, never more: nothing is left behind when all go idle.
   if redis.call('PTTL', key) < lease_ms then redis.call('PEXPIRE', key, lease_ms) end
@@ -138,9 +140,9 @@ class QueryCap:
         now_ms = now_s * 1000 + now_us // 1000
         return int(self.redis.zcount(self.key, f"({now_ms}", "+inf"))
 
-    def request(self) -> SlotRequest:
-        """A slot for another script to take (START), under a new holder."""
-        return SlotRequest(self.key, self.limit, uuid.uuid4().hex, self.lease_ms)
+    def request(self, holder: str | None = None) -> SlotRequest:
+        """A slot for another script to take (START), under `holder` (default: a new one)."""
+        return SlotRequest(self.key, self.limit, holder or uuid.uuid4().hex, self.lease_ms)
 
     @contextmanager
     def slot(
@@ -247,9 +249,10 @@ class CappedSource:
         return getattr(self.inner, name)
 
 
-def slot_request(source: MetricsSource) -> SlotRequest | None:
-    """What START should take along for this source's first query (None: not capped)."""
-    return source.cap.request() if isinstance(source, CappedSource) else None
+def slot_request(source: MetricsSource, holder: str | None = None) -> SlotRequest | None:
+    """What START should take along for this source's first query (None: not capped), under
+    `holder` if given (the slot a claim took for it: kept, not taken twice)."""
+    return source.cap.request(holder) if isinstance(source, CappedSource) else None
 
 
 @contextmanager

@@ -25,13 +25,19 @@ from worker.celery_app import app
 from worker.jobs import execute
 from worker.query_cap import CappedSource, QueryCap, cap_key
 from worker.sequences import SequenceStore, sequence_id
-from worker.store import START, AsyncStore, Store
+from worker.store import START, START_WITH_SLOT, AsyncStore, Store
 from worker.task_names import ANALYZE_TASK
 
 PREFIX = "ra:test:"
 QUEUE = "ra-test-hints"
 CAP = (cap_key(PREFIX, "http://prometheus.example:9090"), 2, 30_000)
-START_SHA = hashlib.sha1(START.encode(), usedforsecurity=False).hexdigest()
+
+
+def sha_of(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+START_SHA = sha_of(START)
 
 
 def spec_of(request: dict[str, Any]) -> Any:
@@ -75,7 +81,8 @@ def url(redis_flushed) -> str:
 
 
 def port_of(url: str) -> int:
-    redis.Redis.from_url(url).script_load(START)  # as after any first analysis: no NOSCRIPT
+    for script in (START, START_WITH_SLOT):  # as after any first analysis: no NOSCRIPT
+        redis.Redis.from_url(url).script_load(script)
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
@@ -222,8 +229,38 @@ def test_a_hint_with_a_slot_of_another_cap_is_not_trusted(url):
         {"delivery_info": {"redelivered": True}},
     ],
 )
-def test_only_a_first_delivery_uses_its_hint(url, change):
+def test_only_a_first_delivery_sends_its_query_ahead(url, change):
     _, hint = claim(url)
     header = {hints.HEADER: hint.header(), "retries": 0}
-    assert hints.read(header) is not None
-    assert hints.read({**header, **change}) is None
+    assert hints.read(header).ahead
+    again = hints.read({**header, **change})
+    assert again is not None and not again.ahead and again.slot == hint.slot
+
+
+def test_a_message_that_waited_has_start_answer_first_and_keep_the_claims_slot(url):
+    """A message read more than a second after its claim (a busy worker): START answers first,
+    as without a hint, and takes the slot the claim took as its own (not a second one, which
+    would leave the claim's idle until its lease ran out)."""
+    analysis_id, hint = claim(url)
+    stale = hints.read({hints.HEADER: hint.header()}, now=hint.queued_at + 5)
+    assert stale is not None and not stale.ahead
+    kv = redis.Redis.from_url(url)
+    cap = QueryCap(kv, CAP[0], CAP[1])
+    seen: list[list[bytes]] = []
+    source = Seen()
+    source.meanwhile = lambda: seen.append(holders(url))
+    with LossyRedisProxy(port_of(url)) as proxy:
+        proxy.enabled = False
+        start = f"EVALSHA:{sha_of(START_WITH_SLOT)}"
+        proxy.hold = lambda batch: source.asked if start in proxy_labels(batch) else None
+        store = Store(redis.Redis.from_url(proxy.url), PREFIX)
+        assert run(store, analysis_id, CappedSource(source, cap), stale) == "done"
+        assert proxy.held == [(start, False)]  # the query waited for START
+    assert seen == [[hint.slot.encode()]] and holders(url) == []
+
+
+def test_a_malformed_hint_is_no_hint(url):
+    _, hint = claim(url)
+    for bad in ({"spec": "x"}, {"queued_at": "soon"}, {"slot": 3}, {"cap": ["x"]}):
+        assert hints.read({hints.HEADER: {**hint.header(), **bad}}) is None
+    assert hints.read({hints.HEADER: "not a hint"}) is None

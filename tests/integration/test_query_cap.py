@@ -222,3 +222,15 @@ def test_the_slot_start_took_is_free_when_the_query_answers_without_waiting_for_
     for n in range(5):  # every pooled connection answers its own command
         cap.redis.set("ra:test:probe", n)
         assert cap.redis.get("ra:test:probe") == str(n).encode()
+
+
+def test_a_holder_taking_its_slot_again_keeps_one_slot_for_a_new_lease(client):
+    """START taking the slot the claim took for its analysis (worker/hints.py), or a call run
+    again after a lost reply: still one slot, now leased from the second take."""
+    cap = make_cap(client, limit=1, lease_seconds=30)
+    assert cap.try_acquire("the-analysis")
+    first = cap.redis.zscore(cap.key, "the-analysis")
+    time.sleep(0.01)
+    assert cap.try_acquire("the-analysis")  # the cap is full, but the slot is its own
+    assert cap.holders() == 1 and cap.redis.zscore(cap.key, "the-analysis") > first
+    assert not cap.try_acquire("someone-else")
