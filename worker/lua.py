@@ -39,10 +39,12 @@ class Script(_Lua):
 
     def send(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Callable[[], Any]:
         """Run the script now, read its reply later (once, however often the call returned is
-        called): the caller works meanwhile. A reply that does not come (a dropped
-        connection, NOSCRIPT) is had by calling the script again, so the script must answer a
-        second run as the first (every script of ours does). A cluster client has no single
-        pool: there it runs at once."""
+        called): the caller works meanwhile. Sent whole (EVAL; Redis finds it cached by its
+        SHA1 all the same): a NOSCRIPT read only later would run the script only later, after
+        the work it was sent ahead of (a Redis restarted or failed over has no scripts). A reply
+        that does not come (a dropped connection) is had by calling the script again, so the
+        script must answer a second run as the first (every script of ours does). A cluster
+        client has no single pool: there it runs at once."""
         pool = getattr(self.client, "connection_pool", None)
         settled: list[Any] = []
         if not isinstance(pool, redis.ConnectionPool):
@@ -50,7 +52,7 @@ class Script(_Lua):
             return lambda: settled[0]
         connection: Any = pool.get_connection()
         try:
-            connection.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            connection.send_command("EVAL", self.source, len(keys), *keys, *args)
         except (redis.ConnectionError, redis.TimeoutError):
             pool.release(connection)  # the failed send closed it
             connection = None
@@ -66,7 +68,7 @@ class Script(_Lua):
             if connection is not None:
                 try:
                     answer = connection.read_response()
-                except (NoScriptError, redis.ConnectionError, redis.TimeoutError):
+                except (redis.ConnectionError, redis.TimeoutError):
                     pass
                 finally:
                     pool.release(connection)

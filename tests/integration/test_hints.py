@@ -150,7 +150,7 @@ def test_the_query_goes_out_before_starts_answer_is_read(url):
     with LossyRedisProxy(port_of(url)) as proxy:
         proxy.enabled = False  # nothing lost: only START's reply held
         source = Seen()
-        start = f"EVALSHA:{START_SHA}"
+        start = f"EVAL:{START_SHA}"
         proxy.hold = lambda batch: source.asked if start in proxy_labels(batch) else None
         store = Store(redis.Redis.from_url(proxy.url), PREFIX)
         assert run(store, analysis_id, source, hint) == "done"
@@ -167,6 +167,22 @@ def test_without_a_hint_start_answers_before_the_query(url):
         store = Store(redis.Redis.from_url(proxy.url), PREFIX)
         assert run(store, analysis_id, source, None) == "done"
         assert proxy.held == [(start, False)]  # the query waited for START
+
+
+def test_start_sent_ahead_runs_before_the_query_on_a_redis_without_our_scripts(url):
+    """After a restart or a fail-over Redis has no scripts: START sent by its SHA1 would come
+    back NOSCRIPT, read only after the query, and the analysis would run without its lease (a
+    worker dying in a slow query would then be found out only when the claim lapses, 120 s).
+    It is sent whole: the lease is there when the query runs."""
+    analysis_id, hint = claim(url, cap=None)
+    kv = redis.Redis.from_url(url)
+    kv.script_flush()
+    lease = Store(kv, PREFIX).keys.lease(analysis_id)
+    held_during_query: list[bytes | None] = []
+    source = Seen()
+    source.meanwhile = lambda: held_during_query.append(kv.get(lease))
+    assert run(Store(redis.Redis.from_url(url), PREFIX), analysis_id, source, hint) == "done"
+    assert held_during_query == [b"w1"]
 
 
 def proxy_labels(batch: list[bytes]) -> list[str]:
