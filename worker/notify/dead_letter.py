@@ -41,6 +41,35 @@ end
 return false
 """
 
+# One entry dropped by id: 1, or 0 when it is in the list no longer. KEYS[1] the list, KEYS[2]
+# the entry's drop mark; ARGV: the id, the caller's token, the mark's lifetime (ms). The mark
+# answers this very call run again (its reply lost, the client retried) as its first run did;
+# another caller's drop of the same entry finds it gone.
+DROP = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+local prefix = '{"id":"' .. ARGV[1] .. '"'
+for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.sub(raw, 1, #prefix) == prefix then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+    return 1
+  end
+end
+return 0
+"""
+DROP_MARK_MS = 60_000
+
+
+def beside(key: str, name: str) -> str:
+    """A key in `key`'s Redis Cluster slot (scripts touch both): a name without braces is
+    hashed whole, so `{name}:...` lands beside it."""
+    return f"{{{key}}}:{name}" if "{" not in key else f"{key}:{name}"
+
+
+def drop_call(key: str, entry_id: str) -> tuple[list[str], list[str | int]]:
+    """DROP's keys and arguments for one entry of the list `key`, with a new caller's token."""
+    return [key, beside(key, f"dropped:{entry_id}")], [entry_id, uuid.uuid4().hex, DROP_MARK_MS]
+
 
 class DeadLetters:
     """A capped Redis list of failed deliveries, newest first."""
@@ -50,11 +79,11 @@ class DeadLetters:
     ) -> None:
         self._redis = redis_client
         self._key = key
-        # In the list's Redis Cluster slot (TAKE and restore touch both): a name without braces
-        # is hashed whole, so `{name}:...` lands beside it.
-        self._retrying = f"{{{key}}}:retrying" if "{" not in key else f"{key}:retrying"
+        # In the list's Redis Cluster slot (TAKE and restore touch both).
+        self._retrying = beside(key, "retrying")
         self._max_len = max_len
         self._take = Script(redis_client, _TAKE)
+        self._drop = Script(redis_client, DROP)
 
     def push(self, result: DeliveryResult, notification: Notification) -> str:
         """Store one failed delivery; returns its id. The oldest entries beyond max_len go."""
@@ -86,10 +115,8 @@ class DeadLetters:
 
     def drop(self, entry_id: str) -> bool:
         """Remove one entry by id; False when it is not (or no longer) there."""
-        for raw in self._raw(None):
-            if json.loads(raw)["id"] == entry_id:
-                return int(self._redis.lrem(self._key, 1, raw)) == 1
-        return False
+        keys, args = drop_call(self._key, entry_id)
+        return int(self._drop(keys=keys, args=args)) == 1
 
     def take(self, entry_id: str) -> dict[str, Any] | None:
         """Move one entry from the list to the retrying set and return it; None when it is in
