@@ -229,11 +229,7 @@ async def claim_and_enqueue(
     except BaseException as exc:
         ctx.waiter.forget(new_id, expected)
         if task is None and isinstance(exc, STORE_ERRORS):
-            # The claim may have been made with its reply lost: undone, or every poll of this
-            # request would join a claim whose task was never sent, until it expired.
-            with contextlib.suppress(*STORE_ERRORS, TimeoutError):
-                async with asyncio.timeout(1):
-                    await rt.store.abandon(identity, new_id, "the claim's reply was lost")
+            await settle_lost_claim(ctx, identity, new_id)
         raise
     if not claim.is_new:
         ctx.waiter.forget(new_id, expected)
@@ -251,6 +247,21 @@ async def claim_and_enqueue(
         log.warning("enqueue failed", extra={"error": str(exc)[:200]})
         return None
     return claim, expected
+
+
+async def settle_lost_claim(ctx: WebhookContext, identity: str, new_id: str) -> None:
+    """A claim whose reply was lost may have been made: every poll of this request would join
+    it, and wait for a task never sent, until it expired (`pending_seconds`). It is undone; if
+    the store cannot be reached for that either, its task goes to the broker (a Redis of its
+    own here), to run once the store is back. A claim that was never made: its task finds
+    nothing and ends."""
+    with contextlib.suppress(*STORE_ERRORS, TimeoutError):
+        async with asyncio.timeout(1):
+            await ctx.runtime.store.abandon(identity, new_id, "the claim's reply was lost")
+            return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1):
+            await ctx.runtime.dispatcher.enqueue(ANALYZE_TASK, [new_id])
 
 
 def answer_body(result: dict[str, Any], page: str, text: str | None = None) -> bytes:

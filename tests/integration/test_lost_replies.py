@@ -25,8 +25,10 @@ from tests.support.actions_world import argo_call, body, start_split_actions_wor
 from tests.support.argo import Phase
 from tests.support.procs import wait_for
 from tests.support.redis_proxy import LossyRedisProxy
+from tests.support.redis_proxy import label as label_of
 from worker import chat, followup, query_cap, sequences, store
 from worker.lua import Script
+from worker.notify import dead_letter
 from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import DeliveryResult
 from worker.notify.message import Notification
@@ -68,6 +70,7 @@ SCRIPTS = {
         "WRITE_LIST": followup.WRITE_LIST,
         "CHAT_BEGIN": chat._BEGIN,
         "ACQUIRE": query_cap.ACQUIRE,
+        "DROP": dead_letter.DROP,
     }.items()
 }
 
@@ -175,6 +178,59 @@ def test_each_helper_answers_a_retried_call_as_it_answered_the_first(proxy):
     assert lost.get("MULTI", 0) == 0  # labels name a transaction by its commands
     assert any("LPUSH" in label for label in lost), lost  # the letter's writes were lost once
     assert sum(n for label, n in lost.items() if label.startswith("EVAL")) >= 6, lost
+
+
+def test_a_dead_letter_dropped_over_http_says_dropped_though_its_reply_was_lost(
+    stack, proxy, redis_server
+):
+    """The webhook's client retries once: the retried drop must find its own drop done, not
+    answer 404 for the letter it has just removed. A second DELETE still gets 404."""
+    prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
+    letters = DeadLetters(redis.Redis.from_url(redis_server.url), key=f"{prefix}dead-letters")
+    failed = DeliveryResult("audit", "failed", 3, 500, "server error")
+    note = Notification(analysis_id="b" * 32, service="svc", namespace="ns", rollout="r",
+                        revision="1", verdict="fail")  # fmt: skip
+    entry_id = letters.push(failed, note)
+    kept = letters.push(failed, note)
+    proxy.lost.clear()
+    with stack.client() as client:
+        answer = client.delete(f"/v1/dead-letters/{entry_id}")
+        assert (answer.status_code, answer.json()) == (200, {"dropped": entry_id})
+        assert lost_scripts(proxy) == {"DROP": 1}  # its first reply was lost
+        assert client.delete(f"/v1/dead-letters/{entry_id}").status_code == 404
+    assert [e["id"] for e in letters.list()] == [kept]
+    assert letters.drop(kept) and letters.list() == []  # the command line's drop, the same script
+
+
+def test_a_claim_whose_reply_and_undo_were_lost_still_gets_its_task(
+    stack, proxy, prometheus, monkeypatch
+):
+    """CLAIM ran but its reply was lost, and Redis stays out of reach for the retry and the
+    undo (ABANDON) too: the claim may stand, queued. Its task goes to the broker (a Redis of its
+    own here), so the next polls get the verdict once the store is back, not after the claim's
+    `pending_seconds` (120 s) of answers saying it is not finished."""
+    sha = hashlib.sha1(store.CLAIM.encode(), usedforsecurity=False).hexdigest()
+    claim = {f"EVALSHA:{sha}", f"EVAL:{sha}"}  # EVAL: the node's first run of it
+
+    def lose(batch: list[bytes]) -> bool:
+        if proxy.down_until == 0 and any(label_of(c) in claim for c in batch):
+            proxy.down_until = time.monotonic() + 1.5  # and Redis gone for 1.5 s
+            return True
+        return False
+
+    monkeypatch.setattr(proxy, "_lose", lose)
+    monkeypatch.setattr(proxy, "down_until", 0.0)
+    # A look at the past: no follow-up runs after it, to lose replies in the next test.
+    request = core_e2e.body_for(prometheus, "good", end=core_e2e.pinned_end())
+    with stack.client() as client:
+        first = client.post("/v1/analyze", json=request)
+        assert (first.status_code, first.json()["field"]) == (503, "store")
+        assert proxy.down_until > 0  # the claim's reply was lost, and it ran
+        give_up = time.monotonic() + 20
+        while (answer := client.post("/v1/analyze", json=request)).status_code != 200:
+            assert time.monotonic() < give_up, answer.json()
+            time.sleep(0.5)
+    assert answer.json()["verdict"] == "pass"
 
 
 def test_what_the_proxy_lost_is_what_a_caller_without_retries_sees(proxy):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -120,6 +121,8 @@ class LossyRedisProxy:
         # what the caller does before it reads a reply shows in what happens meanwhile.
         self.hold: Callable[[list[bytes]], threading.Event | None] = lambda _batch: None
         self.held: list[tuple[str, bool]] = []  # (the batch's writes, released by its event)
+        # Until then (monotonic) Redis is out of reach: connections close, nothing is passed on.
+        self.down_until = 0.0
         self._lock = threading.Lock()
         self._lose = lose or self._first_of_each_write
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -179,6 +182,8 @@ class LossyRedisProxy:
         try:
             while True:
                 command = commands.take_frame()
+                if time.monotonic() < self.down_until:
+                    return  # never reached Redis: the caller sees a dropped connection
                 if self.script_loads_elsewhere and _is_script_load(command):
                     client.sendall(_script_load_reply(command))  # answered, never loaded here
                     continue
