@@ -39,8 +39,16 @@ class Stack:
         return worker
 
     def stop(self) -> None:
-        for proc in [self.webhook, *self.workers, *self.extra_workers]:
-            proc.stop()
+        stop_all([self])
+
+
+def stop_all(stacks: list[Stack]) -> None:
+    """Every process of every stack told to stop at once, then waited for."""
+    procs = [p for stack in stacks for p in (stack.webhook, *stack.workers, *stack.extra_workers)]
+    for proc in procs:
+        proc.begin_stop()
+    for proc in procs:
+        proc.stop()
 
 
 def start_stack(
@@ -97,8 +105,7 @@ def split_stacks(
     try:
         yield make
     finally:
-        for stack in stacks:
-            stack.stop()
+        stop_all(stacks)
 
 
 @pytest.fixture(scope="module")
@@ -113,5 +120,4 @@ def stack_factory(
         return stack
 
     yield make
-    for stack in stacks:
-        stack.stop()
+    stop_all(stacks)

@@ -116,6 +116,12 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, sig)
 
+    def begin_stop(self) -> None:
+        """SIGTERM, not waiting: stop many at once, then `stop` each (a warm shutdown takes a
+        second or two; one after the other, a module's stacks took most of a minute)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (graceful), then SIGKILL if it does not exit within `timeout` s."""
         if self._proc is None:
