@@ -199,6 +199,7 @@ def execute(
     query's slot along where it can. A done analysis goes on its rollout's timeline
     (`history`, the report pages), then to `after` (its event)."""
     spec_data: Any
+    confirmed: list[str] = []  # START's answer, once read and found "started"
     if hint is not None and hint.ahead and usable(hint, store, source):
         begun = store.begin_sent(analysis_id, worker, lease_seconds)
         spec_data, queued_at, held = hint.spec, hint.queued_at, hint.slot
@@ -213,11 +214,10 @@ def execute(
             return skipped(analysis_id, state, found, after, history)
         record: dict[str, Any] = found or {}
         spec_data, queued_at = record.get("spec"), float(record.get("queued_at", time.time()))
+        confirmed.append(state)  # read above, its attributes set: nothing left to confirm
 
         def begun() -> Begun:
             return answer
-
-    confirmed: list[str] = []
 
     def confirm() -> None:
         if confirmed:

@@ -20,7 +20,7 @@ from worker.celery_app import worker_name, worker_store
 from worker.chat import RetryLater
 from worker.followup import Followup, build_followup
 from worker.jobs import execute
-from worker.query_cap import CappedSource, QueryCap, cap_key
+from worker.query_cap import CappedSource, QueryCap
 from worker.queues import queue_for
 from worker.sequences import SequenceStore
 from worker.settings import get_settings
@@ -37,13 +37,12 @@ from worker.task_names import (
 def _source() -> MetricsSource:
     settings = get_settings()
     source = settings.source()
-    capped = settings.prometheus_max_concurrent_queries and not settings.recording
-    if capped and settings.prometheus_url:
-        key = cap_key(settings.key_prefix, settings.prometheus_url)
-        limit = settings.prometheus_max_concurrent_queries
-        # A slot is never held longer than a task may run: a dead holder frees it by then.
-        cap = QueryCap(worker_store().redis, key, limit, settings.task_soft_time_limit)
-        return CappedSource(source, cap)
+    # The same cap the webhook's claims take slots of (worker/hints.py). A slot is never held
+    # longer than a task may run: a dead holder frees it by then.
+    capped = hints.cap_of(settings)
+    if capped is not None:
+        key, limit, lease_ms = capped
+        return CappedSource(source, QueryCap(worker_store().redis, key, limit, lease_ms / 1000))
     return source
 
 

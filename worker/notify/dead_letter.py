@@ -26,37 +26,45 @@ RawEntries = list[str]
 Entries = list[dict[str, Any]]
 
 
-# Entries are compact JSON that starts with their id: `{"id":"<32 hex>",...`.
-_TAKE = """
+# Entries are compact JSON that starts with their id: `{"id":"<32 hex>",...`. A Lua function
+# taking one out of the list: the entry, or false when it is not there.
+_REMOVE = """
+local function remove(key, id)
+  local prefix = '{"id":"' .. id .. '"'
+  for _, raw in ipairs(redis.call('LRANGE', key, 0, -1)) do
+    if string.sub(raw, 1, #prefix) == prefix then
+      redis.call('LREM', key, 1, raw)
+      return raw
+    end
+  end
+  return false
+end
+"""
+
+_TAKE = (
+    _REMOVE
+    + """
 local held = redis.call('HGET', KEYS[2], ARGV[1])
 if held then return held end
-local prefix = '{"id":"' .. ARGV[1] .. '"'
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.sub(raw, 1, #prefix) == prefix then
-    redis.call('LREM', KEYS[1], 1, raw)
-    redis.call('HSET', KEYS[2], ARGV[1], raw)
-    return raw
-  end
-end
-return false
+local raw = remove(KEYS[1], ARGV[1])
+if raw then redis.call('HSET', KEYS[2], ARGV[1], raw) end
+return raw
 """
+)
 
 # One entry dropped by id: 1, or 0 when it is in the list no longer. KEYS[1] the list, KEYS[2]
 # the entry's drop mark; ARGV: the id, the caller's token, the mark's lifetime (ms). The mark
 # answers this very call run again (its reply lost, the client retried) as its first run did;
 # another caller's drop of the same entry finds it gone.
-DROP = """
+DROP = (
+    _REMOVE
+    + """
 if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
-local prefix = '{"id":"' .. ARGV[1] .. '"'
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if string.sub(raw, 1, #prefix) == prefix then
-    redis.call('LREM', KEYS[1], 1, raw)
-    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-    return 1
-  end
-end
-return 0
+if not remove(KEYS[1], ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
 """
+)
 DROP_MARK_MS = 60_000
 
 
