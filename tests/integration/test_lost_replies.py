@@ -241,7 +241,9 @@ def test_what_the_proxy_lost_is_what_a_caller_without_retries_sees(proxy):
     with pytest.raises(redis.ConnectionError):
         bare.incr(key)
     assert bare.get(key) == b"1"  # it ran
-    assert proxy.lost == {"INCRBY": 1}
+    # Only this client's INCR: the module's stacks may still be writing (a poll's line on the
+    # report pages after an earlier test's answer) and lose replies of their own meanwhile.
+    assert proxy.lost["INCRBY"] == 1
 
 
 def test_a_script_the_node_lacks_is_sent_whole_where_redis_py_would_fail(proxy):
