@@ -26,8 +26,14 @@ from worker.settings import Settings
 
 HEADER = "ra_hint"
 # A message older than this (by the webhook's clock against the worker's) is not trusted ahead
-# of START: its slot (held `task_soft_time_limit` from the claim) may be near its end.
+# of START: its slot may be near the end of its lease.
 FRESH_SECONDS = 1.0
+# The lease of the slot a claim takes: a worker using it sends START first, which leases it
+# again for the query's time (the worker's own lease); one that cannot use it gives it back.
+# What is left is the slot of a task whose worker died before START, or whose message waited
+# in a busy worker: free again after this, not after the query's lease (30 s). It covers a
+# fresh message (under FRESH_SECONDS) and clocks a few seconds apart.
+CLAIM_SLOT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,11 @@ def for_claim(
     spec: dict[str, Any], queued_at: float, cap: tuple[str, int, int] | None
 ) -> tuple[Hint, SlotRequest | None]:
     """The hint of a new claim's task, and the query slot the claim should take for it (a new
-    holder of `cap`, from `cap_of`; None: uncapped)."""
+    holder of `cap`, from `cap_of`, leased CLAIM_SLOT_SECONDS at most; None: uncapped)."""
     if cap is None:
         return Hint(spec, queued_at, None, None), None
     key, limit, lease_ms = cap
+    lease_ms = min(lease_ms, int(CLAIM_SLOT_SECONDS * 1000))
     slot = SlotRequest(key, limit, uuid.uuid4().hex, lease_ms)
     return Hint(spec, queued_at, slot.holder, key), slot
 

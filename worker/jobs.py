@@ -200,8 +200,14 @@ def execute(
     (`history`, the report pages), then to `after` (its event)."""
     spec_data: Any
     confirmed: list[str] = []  # START's answer, once read and found "started"
+    if hint is not None and hint.slot and hint.cap and claimed_slot(hint, source) is None:
+        # The claim took a slot of a cap this worker does not query under: not held idle.
+        store.give_back_slot(hint.cap, hint.slot)
     if hint is not None and hint.ahead and usable(hint, store, source):
-        begun = store.begin_sent(analysis_id, worker, lease_seconds)
+        # START leases the claim's slot again, for as long as the query may take.
+        begun = store.begin_sent(
+            analysis_id, worker, lease_seconds, slot_request(source, hint.slot)
+        )
         spec_data, queued_at, held = hint.spec, hint.queued_at, hint.slot
     else:
         # START takes the query's slot too where it can: one round trip less (query_cap.py);

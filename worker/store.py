@@ -17,6 +17,7 @@ Each transition is one Lua script, so two webhooks or two workers can never both
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -308,13 +309,29 @@ class Store:
         return _begun(reply, slot)
 
     def begin_sent(
-        self, analysis_id: str, worker: str, lease_seconds: float
+        self,
+        analysis_id: str,
+        worker: str,
+        lease_seconds: float,
+        slot: SlotRequest | None = None,
     ) -> Callable[[], tuple[str, dict[str, Any] | None, str | None]]:
         """START sent now, its answer (as `begin`'s) read with the call returned: the worker
-        queries meanwhile (worker/hints.py)."""
+        queries meanwhile (worker/hints.py). `slot`: the claim's query slot, leased again for
+        the query's time (the claim leased it briefly)."""
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
-        reply = self._start.send(keys=keys, args=[worker, int(lease_seconds * 1000), time.time()])
+        args: list[Arg] = [worker, int(lease_seconds * 1000), time.time()]
+        if slot is not None and self.on_one_node:
+            reply = self._start_with_slot.send(keys=[*keys, slot.key], args=[*args, *slot.args()])
+            return lambda: _begun(reply(), slot)
+        reply = self._start.send(keys=keys, args=args)
         return lambda: _begun(reply(), None)
+
+    def give_back_slot(self, key: str, holder: str) -> None:
+        """Release a query slot a claim took for a worker that will not use it (its cap is
+        another, or none). Only a cap's key under our prefix: the name comes from a message."""
+        if key.startswith(f"{self.keys.prefix}promcap:"):
+            with contextlib.suppress(redis.RedisError):  # its short lease ends it anyway
+                self.redis.zrem(key, holder)
 
     def renew(self, analysis_id: str, worker: str, lease_seconds: float) -> bool:
         """True while `worker` holds the analysis; False once it lost it (stop, record nothing)."""

@@ -90,10 +90,25 @@ def holders(url: str) -> list[bytes]:
     return list(redis.Redis.from_url(url).zrange(CAP[0], 0, -1))
 
 
+def redis_ms(url: str) -> float:
+    seconds, micros = redis.Redis.from_url(url).time()
+    return seconds * 1000 + micros / 1000
+
+
+def lease_left_ms(url: str, holder: str) -> float:
+    """How long `holder`'s slot of the cap is leased for still, by Redis' clock."""
+    score = redis.Redis.from_url(url).zscore(CAP[0], holder)
+    assert score is not None, f"{holder} holds no slot"
+    return score - redis_ms(url)
+
+
 def test_the_claim_takes_its_tasks_query_slot_when_one_is_free_and_no_task_waits(url):
     _, hint = claim(url)
     assert hint.slot is not None and hint.cap == CAP[0]
     assert holders(url) == [hint.slot.encode()]
+    # Leased briefly (a task whose worker dies before START frees it in seconds), not for
+    # the query's 30 s: START leases it again.
+    assert 3_000 < lease_left_ms(url, hint.slot) <= hints.CLAIM_SLOT_SECONDS * 1000
 
 
 def test_no_slot_is_taken_behind_a_waiting_task_or_past_the_cap(url):
@@ -224,17 +239,58 @@ def test_a_done_analysis_delivered_again_is_offered_to_the_follow_up_not_recorde
     assert holders(url) == []
 
 
+def test_starts_sent_ahead_lease_the_claims_slot_again_for_the_query(url):
+    """The claim leased its slot for seconds; START, sent with the query, leases it for the
+    worker's query lease (30 s here), so a slow query keeps its slot to the end."""
+    analysis_id, hint = claim(url)
+    assert hint.ahead and hint.slot is not None
+    kv = redis.Redis.from_url(url)
+    cap = QueryCap(kv, CAP[0], CAP[1], lease_seconds=30)
+    left: list[float] = []
+    source = Seen()
+    source.meanwhile = lambda: left.append(lease_left_ms(url, hint.slot or ""))
+    assert run(Store(kv, PREFIX), analysis_id, CappedSource(source, cap), hint) == "done"
+    assert len(left) == 1 and 25_000 < left[0] <= 30_000
+    assert holders(url) == []  # given back after the query
+
+
 def test_a_hint_with_a_slot_of_another_cap_is_not_trusted(url):
     """A worker whose cap differs from the webhook's (another Prometheus URL or prefix) takes
-    its own slot with START, before its query, as without a hint."""
+    its own slot with START, before its query, as without a hint, and gives the claim's back
+    at once (not left idle to the end of its lease)."""
     analysis_id, hint = claim(url)
     kv = redis.Redis.from_url(url)
     other = QueryCap(kv, cap_key(PREFIX, "http://elsewhere:9090"), 1)
-    seen: list[int] = []
+    seen: list[tuple[int, list[bytes]]] = []
     source = Seen()
-    source.meanwhile = lambda: seen.append(other.holders())
+    source.meanwhile = lambda: seen.append((other.holders(), holders(url)))
     assert run(Store(kv, PREFIX), analysis_id, CappedSource(source, other), hint) == "done"
-    assert seen == [1]  # the query ran in a slot of the worker's own cap
+    assert seen == [(1, [])]  # the query ran in a slot of the worker's own cap
+
+
+def test_an_uncapped_worker_gives_the_claims_slot_back(url):
+    """A worker without a cap (set on the webhook only) queries at once and frees the slot
+    the claim took for it: other, capped, workers may use it."""
+    analysis_id, hint = claim(url)
+    assert holders(url) == [(hint.slot or "").encode()]
+    seen: list[list[bytes]] = []
+    source = Seen()
+    source.meanwhile = lambda: seen.append(holders(url))
+    assert run(Store(redis.Redis.from_url(url), PREFIX), analysis_id, source, hint) == "done"
+    assert seen == [[]]
+
+
+def test_a_slot_is_given_back_only_in_a_cap_of_ours(url):
+    """The cap's key comes from a message: a key outside our prefix's caps is not touched."""
+    kv = redis.Redis.from_url(url)
+    kv.zadd("someone:else", {"h": 1})
+    store = Store(kv, PREFIX)
+    store.give_back_slot("someone:else", "h")
+    store.give_back_slot(f"{PREFIX}other", "h")
+    assert kv.zrange("someone:else", 0, -1) == [b"h"]
+    kv.zadd(CAP[0], {"h": 1})
+    store.give_back_slot(CAP[0], "h")
+    assert holders(url) == []
 
 
 @pytest.mark.parametrize(
