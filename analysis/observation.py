@@ -31,6 +31,16 @@ class SideCounts:
             "latency_buckets": {_le_text(le): count for le, count in self.latency_buckets},
         }
 
+    def plus(self, other: SideCounts) -> SideCounts:
+        """Both sets of requests counted as one (e.g. every pod of a service)."""
+        statuses = dict(self.requests_by_status)
+        for code, n in other.requests_by_status.items():
+            statuses[code] = statuses.get(code, 0.0) + n
+        buckets: dict[float, float] = dict(self.latency_buckets)
+        for le, n in other.latency_buckets:
+            buckets[le] = buckets.get(le, 0.0) + n
+        return SideCounts(statuses, tuple(sorted(buckets.items())))
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SideCounts:
         statuses = {str(k): float(v) for k, v in (data.get("requests_by_status") or {}).items()}

@@ -102,6 +102,8 @@ class OneNumberSpec:
     matchers: tuple[tuple[str, str], ...]  # (Prometheus label, value), conventions applied
     window_seconds: float
     end: float
+    # The request's own labels (service, namespace, rollout), before the conventions.
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def unit(self) -> str:
@@ -121,6 +123,18 @@ class OneNumberSpec:
 
     def value(self, samples: list[tuple[dict[str, str], float]]) -> float | None:
         """The metric from the query's samples; None when there is nothing to say."""
+        return self.value_of(self.side(samples))
+
+    def value_of(self, side: SideCounts) -> float | None:
+        """The metric from the side's counts (a query's, or a recording's); None: no data."""
+        if not side.has_data:
+            return None  # no series at all: unknown, not healthy
+        conv = self.policy.conventions
+        value = METRICS[self.metric].value(side, conv, self.window_seconds, self.policy)
+        return value if value is not None and math.isfinite(value) else None
+
+    def side(self, samples: list[tuple[dict[str, str], float]]) -> SideCounts:
+        """The query's samples as counts: requests by status, latency buckets."""
         conv = self.policy.conventions
         statuses: dict[str, float] = {}
         buckets: list[tuple[float, float]] = []
@@ -133,11 +147,7 @@ class OneNumberSpec:
             else:
                 code = labels.get(conv.status_label, "")
                 statuses[code] = statuses.get(code, 0.0) + count
-        side = SideCounts(statuses, tuple(sorted(buckets)))
-        if not side.has_data:
-            return None  # no series at all: unknown, not healthy
-        value = METRICS[self.metric].value(side, conv, self.window_seconds, self.policy)
-        return value if value is not None and math.isfinite(value) else None
+        return SideCounts(statuses, tuple(sorted(buckets)))
 
     def answer(self, value: float | None) -> dict[str, Any]:
         return {"value": value, "unit": self.unit, "timestamp": format_time(self.end)}
@@ -176,7 +186,9 @@ def resolve_one_number(data: Any, policies: PolicySet, *, now: float) -> OneNumb
         raise RequestError("startTimestamp", "must be at least 1 s before endTimestamp")
     if window > parse_duration(policy.max_window):
         raise RequestError("startTimestamp", f"the range is longer than {policy.max_window}")
-    return OneNumberSpec(request.metricName, policy, _matchers(request.labels, policy), window, end)
+    matchers = _matchers(request.labels, policy)
+    labels = tuple(sorted(request.labels.items()))
+    return OneNumberSpec(request.metricName, policy, matchers, window, end, labels)
 
 
 def _time(field: str, text: str, now: float) -> float:

@@ -20,7 +20,8 @@ import httpx
 import uvicorn
 
 import analysis
-from cli.demo_recording import BASELINE, CANARY, NAMESPACE, SERVICES
+from analysis.durations import format_time
+from cli.demo_recording import BASELINE, CANARY, NAMESPACE, SERVICES, START
 from worker.logs import setup_logging
 from worker.settings import ENV_PREFIX, Settings
 
@@ -65,7 +66,7 @@ def run_demo(host: str, port: int) -> None:
         click.echo(f"rollout-analyzer demo on {base} ({mode}, {source})\n")
         if settings.recording == str(RECORDING):
             _show_scenarios(base)
-        _show_curl(base)
+        _show_curl(base, one_number=settings.recording == str(RECORDING))
         click.echo("\nServing; Ctrl-C stops.")
         while thread.is_alive():
             thread.join(0.5)
@@ -112,7 +113,7 @@ def _show_scenarios(base: str) -> None:
     click.echo(f"  {'recent':<10} {base}/ui/")
 
 
-def _show_curl(base: str) -> None:
+def _show_curl(base: str, one_number: bool) -> None:
     body = (
         f'{{"service":"payments","namespace":"{NAMESPACE}","canary":"{CANARY}",'
         f'"baseline":"{BASELINE}"}}'
@@ -125,4 +126,15 @@ def _show_curl(base: str) -> None:
         f"&canary={CANARY}&baseline={BASELINE}'"
     )
     click.echo(f"  curl -s {base}/v1/analyses/<analysis_id>")
+    if one_number:  # one value per metric, over the recording's last five minutes
+        end = START + 11 * 60
+        number = (
+            f'{{"metricName":"http_success_rate","labels":{{"service":"payments",'
+            f'"rollout":"{CANARY}"}},"startTimestamp":"{format_time(end - 300)}",'
+            f'"endTimestamp":"{format_time(end)}"}}'
+        )
+        click.echo(
+            f"  curl -s -X POST {base}/metrics/analysis -H 'Content-Type: application/json' \\"
+        )
+        click.echo(f"       -d '{number}'")
     click.echo(f"  curl -s {base}/metrics | grep rollout_analyzer_")

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from analysis.one_number import OneNumberRequest, resolve_one_number
 from analysis.request import RequestError
 from analysis.sources import SourceError
+from analysis.sources.recording import RecordingSource
 from webhooks.context import WebhookContext
 from webhooks.errors import error
 from webhooks.schemas import answers, inline_refs
@@ -72,14 +73,17 @@ def router(ctx: WebhookContext) -> APIRouter:
             metrics = source()
         except (RuntimeError, ValueError, OSError) as exc:  # no Prometheus, bad recording file
             return error(503, "metrics", str(exc))
+        request.state.log = {"metric": spec.metric, "policy": spec.policy.name}
+        if isinstance(metrics, RecordingSource):  # the demo, an offline replay
+            side = metrics.one_side(dict(spec.labels), spec.end, spec.window_seconds)
+            return JSONResponse(spec.answer(spec.value_of(side)))
         if not hasattr(metrics, "samples"):
-            return error(503, "metrics", "the one-number contract needs a live Prometheus")
+            return error(503, "metrics", "the one-number contract needs Prometheus or a recording")
         deadline = time.monotonic() + settings.wait_seconds
         try:
             samples = await asyncio.to_thread(metrics.samples, spec.query(), spec.end, deadline)
         except SourceError as exc:
             return error(502, "metrics", str(exc))
-        request.state.log = {"metric": spec.metric, "policy": spec.policy.name}
         return JSONResponse(spec.answer(spec.value(samples)))
 
     return routes

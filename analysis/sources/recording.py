@@ -90,6 +90,31 @@ class Recording:
         ts, side = points[i - 1]
         return side if end - ts < span else SideCounts()
 
+    def side_of(
+        self,
+        service: str,
+        namespace: str | None,
+        selector: str | None,
+        end: float,
+        seconds: float,
+    ) -> SideCounts:
+        """One service's requests over `seconds` up to `end`, all its selectors (pods) counted
+        unless one is named, any namespace unless one is named: the latest point of each
+        series at or before `end`, from its window of `seconds` if recorded, else from the
+        closest window read as the same rates. No point younger than its window: no data."""
+        found = SideCounts()
+        windows: dict[tuple[str | None, str], list[float]] = {}
+        for svc, ns, sel, window in self._series:
+            if svc == service and namespace in (None, ns) and selector in (None, sel):
+                windows.setdefault((ns, sel), []).append(window)
+        for (ns, sel), spans in windows.items():
+            span = min(spans, key=lambda w: (abs(w - seconds), -w))
+            points = self._series[(service, ns, sel, span)]
+            i = bisect.bisect_right([t for t, _ in points], end + 1e-6)
+            if i and end - points[i - 1][0] < span:
+                found = found.plus(scaled(points[i - 1][1], seconds / span))
+        return found
+
     def has_span(self, spec: AnalysisSpec, seconds: float) -> bool:
         return any(
             (spec.service, spec.namespace, selector, seconds) in self._series
@@ -124,6 +149,12 @@ class RecordingSource:
     @classmethod
     def from_file(cls, path: str | Path) -> RecordingSource:
         return cls(Recording.load(path))
+
+    def one_side(self, labels: dict[str, str], end: float, seconds: float) -> SideCounts:
+        """What POST /metrics/analysis reads (`service`, `namespace`, `rollout` labels)."""
+        return self.recording.side_of(
+            labels["service"], labels.get("namespace"), labels.get("rollout"), end, seconds
+        )
 
     def latest_time(self, spec: AnalysisSpec, now: float) -> float:
         times = self.recording.times(spec)
