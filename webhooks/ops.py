@@ -26,16 +26,18 @@ def router(ctx: WebhookContext) -> APIRouter:
     @routes.get("/readyz", responses={503: {"description": "Redis unreachable or no live worker"}})
     async def readyz() -> JSONResponse:
         """Redis answers and at least one worker sent a heartbeat recently."""
+        # `workers` answer analyses; `followup_workers` consume only follow-ups (traffic, chat).
         rt = ctx.runtime
         try:
             await asyncio.wait_for(rt.client.ping(), 1.0)
-            workers = await asyncio.wait_for(
+            workers, followups = await asyncio.wait_for(
                 rt.store.live_workers(3 * ctx.settings.heartbeat_seconds), 1.0
             )
         except (TimeoutError, *STORE_ERRORS):
             return JSONResponse({"status": "unready", "redis": "unreachable"}, status_code=503)
         ready = workers > 0
         body = {"status": "ready" if ready else "unready", "redis": "ok", "workers": workers}
+        body["followup_workers"] = followups
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @routes.get("/metrics", include_in_schema=False)

@@ -95,10 +95,10 @@ def _worker_name(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}"
 
 
-def _beat(stop: threading.Event, name: str) -> None:
+def _beat(stop: threading.Event, name: str, followups_only: bool) -> None:
     while not stop.is_set():
         try:
-            worker_store().heartbeat(name)
+            worker_store().heartbeat(name, followups_only)
         except redis.RedisError:
             log.warning("heartbeat failed: Redis unreachable")
         stop.wait(get_settings().heartbeat_seconds)
@@ -109,11 +109,12 @@ _beat_stop = threading.Event()
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    # /readyz counts workers that can answer analyses; a follow-up-only worker cannot.
-    if not app.conf.get("analysis_worker", True):
-        return
+    # /readyz counts workers that can answer analyses; a follow-up-only worker cannot, and is
+    # counted apart (a follow-up deployment with none alive is seen there, not in a backlog).
+    followups_only = not app.conf.get("analysis_worker", True)
     name = f"{getattr(sender, 'hostname', socket.gethostname())}"
-    threading.Thread(target=_beat, args=(_beat_stop, name), daemon=True, name="heartbeat").start()
+    args = (_beat_stop, name, followups_only)
+    threading.Thread(target=_beat, args=args, daemon=True, name="heartbeat").start()
 
 
 @signals.worker_shutting_down.connect

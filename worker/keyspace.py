@@ -70,6 +70,10 @@ class Keys:
     def workers(self) -> str:
         return f"{self.prefix}workers"
 
+    @property
+    def followup_workers(self) -> str:
+        return f"{self.prefix}followup-workers"
+
     def rollout_state(self, rollout_key: str) -> str:
         return f"{self.prefix}{{{slot_tag(rollout_key)}}}rollout:{rollout_key}"
 

@@ -12,6 +12,7 @@ Keys (prefix `ra:` by default; `{t}` is a Redis Cluster hash tag, see worker/key
   done:<id>         → pub/sub channel announcing completion (with the outcome) to waiting
                       webhook processes.
   workers           → sorted set of worker heartbeats (score = unix time).
+  followup-workers  → the same, of workers consuming only follow-ups (they answer no analysis).
 Each transition is one Lua script, so two webhooks or two workers can never both win.
 """
 
@@ -372,11 +373,12 @@ class Store:
             return _text(self._finish_with_poll(keys=keys, args=args))
         return _text(self._finish(keys=keys, args=args))
 
-    def heartbeat(self, worker: str) -> None:
+    def heartbeat(self, worker: str, followups_only: bool = False) -> None:
+        key = self.keys.followup_workers if followups_only else self.keys.workers
         now = time.time()
         pipe = self.redis.pipeline()
-        pipe.zadd(self.keys.workers, {worker: now})
-        pipe.zremrangebyscore(self.keys.workers, 0, now - 3600)
+        pipe.zadd(key, {worker: now})
+        pipe.zremrangebyscore(key, 0, now - 3600)
         pipe.execute()
 
 
@@ -452,9 +454,14 @@ class AsyncStore:
     async def record(self, analysis_id: str) -> dict[str, Any] | None:
         return decode_record(await self.redis.hgetall(self.keys.record(analysis_id)))
 
-    async def live_workers(self, within_seconds: float) -> int:
-        now = time.time()
-        return int(await self.redis.zcount(self.keys.workers, now - within_seconds, "+inf"))
+    async def live_workers(self, within_seconds: float) -> tuple[int, int]:
+        """Workers that beat within the last `within_seconds`: (analysis, follow-up only)."""
+        since = time.time() - within_seconds
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self.keys.workers, since, "+inf")
+        pipe.zcount(self.keys.followup_workers, since, "+inf")
+        analyses, followups = await pipe.execute()
+        return int(analyses), int(followups)
 
 
 def _begun(reply: Any, slot: SlotRequest | None) -> tuple[str, dict[str, Any] | None, str | None]:

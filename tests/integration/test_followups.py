@@ -115,9 +115,17 @@ def test_follow_ups_wait_on_their_own_queue(world, workers):
         f"{stack.env['ROLLOUT_ANALYZER_QUEUE']}-followups"
     )
     assert queued >= 1
+    assert readyz(stack)["followup_workers"] == 0  # the only follow-up consumer is not up yet
     workers(queues="followups")
+    # /readyz counts it apart: it answers no analysis, and one none is alive is seen there.
+    wait_for(lambda: readyz(stack)["followup_workers"] == 1, 10, "the follow-up worker's beat")
     wait_for(lambda: rx.accepted("slack") and rx.accepted("generic"), 15, "the messages")
     assert [m.body["revision"] for m in rx.accepted("generic")] == ["103"]
+
+
+def readyz(stack) -> dict:
+    with stack.client() as client:
+        return client.get("/readyz").json()
 
 
 def argo_event(stack, revision: str) -> None:
