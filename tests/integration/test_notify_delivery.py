@@ -355,6 +355,18 @@ def test_rate_limiter_allows_per_minute_per_key(redis_client: redis.Redis) -> No
     assert 0 < redis_client.ttl(counter) <= 120
 
 
+def test_a_rate_limited_flood_keeps_only_the_messages_let_through(redis_client):
+    """A rollout flapping through hundreds of events a minute: the window's memory is the
+    limit's, not the flood's, and a denied message asked again is denied again."""
+    limiter = RateLimiter(redis_client, clock=lambda: 1_767_225_600.0)
+    answers = [limiter.allow("prod/flap|slack", 3, f"event-{i}") for i in range(500)]
+    assert answers == [True] * 3 + [False] * 497
+    (window,) = redis_client.keys("rollout-analyzer:notify-rate:prod/flap|slack:*")
+    assert redis_client.hlen(window) == 3
+    assert limiter.allow("prod/flap|slack", 3, "event-1") is True  # asked again: the same
+    assert limiter.allow("prod/flap|slack", 3, "event-9") is False
+
+
 def test_dead_letters_are_capped_listed_newest_first_and_droppable(
     redis_client: redis.Redis,
 ) -> None:

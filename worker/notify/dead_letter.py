@@ -160,15 +160,16 @@ class DeadLetters:
 # Each message is a field of the window's hash, holding whether it was allowed: counting it
 # again (a retried call, its reply lost) answers the same and counts nothing. The expiry is set
 # in the same step: a crash between the two would leave a window that never expires.
+# Only the messages let through are kept: once a window is full, every other message is
+# denied, asked once or again, so a window holds at most `per_minute` names whatever the rate.
 _ALLOW_SCRIPT = """
 local seen = redis.call('HGET', KEYS[1], ARGV[3])
 if seen then return tonumber(seen) end
-local count = redis.call('HLEN', KEYS[1]) + 1
-local allowed = 0
-if count <= tonumber(ARGV[1]) then allowed = 1 end
-redis.call('HSET', KEYS[1], ARGV[3], allowed)
-if count == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
-return allowed
+local count = redis.call('HLEN', KEYS[1])
+if count >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[3], 1)
+if count == 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 1
 """
 
 
