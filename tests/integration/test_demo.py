@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,26 +12,14 @@ import pytest
 from analysis.durations import format_time
 from cli.demo import RECORDING
 from cli.demo_recording import BASELINE, CANARY, START
-from tests.support.procs import free_port, wait_for
+from tests.support.service import served_demo
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Iterator[tuple[str, str]]:
     """The demo served: its base URL and what it printed."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_ANALYZER_")}
-    log = tmp_path_factory.mktemp("demo") / "demo.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "demo", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        try:
-            wait_for(lambda: "Serving" in log.read_text(), 60, "the demo to print its verdicts")
-            yield f"http://127.0.0.1:{port}", log.read_text()
-        finally:
-            process.terminate()
-            process.wait(15)
+    with served_demo(tmp_path_factory.mktemp("demo")) as served:
+        yield served
 
 
 def test_demo_judges_the_bundled_scenarios_and_keeps_serving(demo):

@@ -26,7 +26,8 @@ from tests.integration.conftest import AUTH
 from tests.support.actions_world import NS, argo_call, body, start_actions_world
 from tests.support.argo import Phase
 from tests.support.browser import Browser, PageVisit
-from tests.support.procs import free_port, wait_for
+from tests.support.procs import wait_for
+from tests.support.service import served_demo
 
 RECORDING = Path(analysis.__file__).parent / "data" / "demo-recording.json"
 
@@ -66,20 +67,8 @@ def assert_clean(visit: PageVisit) -> None:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_ANALYZER_")}
-    log = tmp_path_factory.mktemp("demo") / "demo.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "demo", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: "Serving" in log.read_text(), 60, "the demo to print its report URLs")
-        yield f"http://127.0.0.1:{port}", log.read_text()
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with served_demo(tmp_path_factory.mktemp("demo")) as served:
+        yield served
 
 
 EXPECTED = {

@@ -6,8 +6,11 @@ through ROLLOUT_ANALYZER_* environment variables, as in a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -116,3 +119,22 @@ class Worker(EnvProcess):
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def served_demo(work_dir: Path) -> Iterator[tuple[str, str]]:
+    """`rollout-analyzer demo` on its embedded defaults (none of our environment): its base URL
+    and what it printed before serving."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_ANALYZER_")}
+    log = work_dir / "demo.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*ENTRY, "demo", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        wait_for(lambda: "Serving" in log.read_text(), 60, "the demo to print its verdicts")
+        yield f"http://127.0.0.1:{port}", log.read_text()
+    finally:
+        process.terminate()
+        process.wait(15)
