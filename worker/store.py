@@ -301,13 +301,8 @@ class Store:
     ) -> tuple[str, dict[str, Any] | None, str | None]:
         """START: (started | done | taken | superseded | error | missing, the record when
         started or done, the holder of `slot` when taken with it) in one round trip."""
-        keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
-        args: list[Arg] = [worker, int(lease_seconds * 1000), time.time()]
-        if slot is not None and self.on_one_node:
-            reply = self._start_with_slot(keys=[*keys, slot.key], args=[*args, *slot.args()])
-        else:
-            reply = self._start(keys=keys, args=args)
-        return _begun(reply, slot)
+        script, keys, args, slot = self._start_call(analysis_id, worker, lease_seconds, slot)
+        return _begun(script(keys=keys, args=args), slot)
 
     def begin_sent(
         self,
@@ -319,13 +314,19 @@ class Store:
         """START sent now, its answer (as `begin`'s) read with the call returned: the worker
         queries meanwhile (worker/hints.py). `slot`: the claim's query slot, leased again for
         the query's time (the claim leased it briefly)."""
+        script, keys, args, slot = self._start_call(analysis_id, worker, lease_seconds, slot)
+        reply = script.send(keys=keys, args=args)
+        return lambda: _begun(reply(), slot)
+
+    def _start_call(
+        self, analysis_id: str, worker: str, lease_seconds: float, slot: SlotRequest | None
+    ) -> tuple[Script, list[str], list[Arg], SlotRequest | None]:
+        """START's script and arguments, with the query slot where one node holds it all."""
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [worker, int(lease_seconds * 1000), time.time()]
-        if slot is not None and self.on_one_node:
-            reply = self._start_with_slot.send(keys=[*keys, slot.key], args=[*args, *slot.args()])
-            return lambda: _begun(reply(), slot)
-        reply = self._start.send(keys=keys, args=args)
-        return lambda: _begun(reply(), None)
+        if slot is None or not self.on_one_node:
+            return self._start, keys, args, None
+        return self._start_with_slot, [*keys, slot.key], [*args, *slot.args()], slot
 
     def give_back_slot(self, key: str, holder: str) -> None:
         """Release a query slot a claim took for a worker that will not use it (its cap is

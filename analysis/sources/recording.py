@@ -84,11 +84,7 @@ class Recording:
         is younger than that span; else no data."""
         span = spec.window_seconds if seconds is None else seconds
         points = self._series.get((spec.service, spec.namespace, selector, span), [])
-        i = bisect.bisect_right([t for t, _ in points], end + 1e-6)
-        if i == 0:
-            return SideCounts()
-        ts, side = points[i - 1]
-        return side if end - ts < span else SideCounts()
+        return _latest(points, end, span) or SideCounts()
 
     def side_of(
         self,
@@ -109,10 +105,9 @@ class Recording:
                 windows.setdefault((ns, sel), []).append(window)
         for (ns, sel), spans in windows.items():
             span = min(spans, key=lambda w: (abs(w - seconds), -w))
-            points = self._series[(service, ns, sel, span)]
-            i = bisect.bisect_right([t for t, _ in points], end + 1e-6)
-            if i and end - points[i - 1][0] < span:
-                found = found.plus(scaled(points[i - 1][1], seconds / span))
+            side = _latest(self._series[(service, ns, sel, span)], end, span)
+            if side is not None:
+                found = found.plus(scaled(side, seconds / span))
         return found
 
     def has_span(self, spec: AnalysisSpec, seconds: float) -> bool:
@@ -130,6 +125,14 @@ class Recording:
 
     def services(self) -> list[tuple[str, str | None, str, float]]:
         return sorted(self._series, key=lambda k: tuple(str(x) for x in k))
+
+
+def _latest(points: list[tuple[float, SideCounts]], end: float, span: float) -> SideCounts | None:
+    """The latest point at or before `end`, if younger than `span`."""
+    i = bisect.bisect_right([t for t, _ in points], end + 1e-6)
+    if i == 0 or end - points[i - 1][0] >= span:
+        return None
+    return points[i - 1][1]
 
 
 def scaled(side: SideCounts, factor: float) -> SideCounts:

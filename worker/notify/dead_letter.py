@@ -157,11 +157,11 @@ class DeadLetters:
         pipe.execute()
 
 
-# Each message is a field of the window's hash, holding whether it was allowed: counting it
-# again (a retried call, its reply lost) answers the same and counts nothing. The expiry is set
-# in the same step: a crash between the two would leave a window that never expires.
-# Only the messages let through are kept: once a window is full, every other message is
-# denied, asked once or again, so a window holds at most `per_minute` names whatever the rate.
+# Each message let through is a field of the window's hash: asking again (a retried call, its
+# reply lost) answers the same and counts nothing. A denied one is not kept: once a window is
+# full every other message is denied, asked once or again, so a window holds at most
+# `per_minute` names whatever the rate. The expiry is set in the same step: a crash between
+# the two would leave a window that never expires.
 _ALLOW_SCRIPT = """
 local seen = redis.call('HGET', KEYS[1], ARGV[3])
 if seen then return tonumber(seen) end
