@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import redis
@@ -24,6 +24,7 @@ from worker import tracing
 from worker.lua import Script
 from worker.notify.dead_letter import DeadLetters, RateLimiter
 from worker.notify.delivery import DeliveryResult, backoff_seconds, send_once, severity_allows
+from worker.notify.holds import TargetHolds
 from worker.notify.message import Notification
 from worker.notify.providers import ChatTarget
 
@@ -66,6 +67,8 @@ class ChatSender:
     max_wait_seconds: float = 60.0
     initial_backoff_seconds: float = 0.5
     clock: Callable[[], float] = time.time  # what signatures are made at
+    # Retry-After per target: no request into a wait the service asked for (notify/holds.py).
+    holds: TargetHolds = field(default_factory=TargetHolds)
 
     def __post_init__(self) -> None:
         self._begin = Script(self.redis, _BEGIN)
@@ -138,6 +141,14 @@ class ChatSender:
         self, step_key: str, target: ChatTarget, notification: Notification, attempt: int
     ) -> DeliveryResult:
         """One POST; delivered or failed, or RetryLater with the next attempt scheduled."""
+        last = attempt >= self.max_attempts
+        held = self.holds.wait_for(target.name)
+        if held > 0 and not last:
+            # The service refuses until then: this attempt is spent as its 429 would have
+            # spent it, without the request. The last attempt always asks: only a real answer
+            # makes a dead letter.
+            tracing.set_attributes({"chat.target": target.name, "chat.status": "held"})
+            self._schedule(step_key, held, attempt + 1)
         # Name and kind only: a chat webhook URL is a credential.
         with tracing.span("chat.deliver", **{"chat.target": target.name, "chat.kind": target.kind}):
             result = send_once(self.http, target, notification, self.clock(), attempt)
@@ -148,20 +159,25 @@ class ChatSender:
                     "http.response.status_code": result.http_status,
                 }
             )
-        if result.status == "retry" and attempt < self.max_attempts:
+        if result.status == "retry" and result.retry_after is not None:
+            self.holds.hold(target.name, min(result.retry_after, self.max_wait_seconds))
+        if result.status == "retry" and not last:
             countdown = backoff_seconds(
                 attempt,
                 result.retry_after,
                 initial=self.initial_backoff_seconds,
                 cap=self.max_wait_seconds,
             )
-            # The scheduled attempt owns the step; a duplicate of this one finds it taken.
-            lease = int(countdown) + STEP_LEASE_SECONDS
-            self.redis.set(step_key, f"retry:{attempt + 1}", ex=lease)
-            raise RetryLater(countdown, attempt + 1)
+            self._schedule(step_key, countdown, attempt + 1)
         if result.status != "delivered":
             return replace(result, status="failed", retry_after=None)
         return result
+
+    def _schedule(self, step_key: str, countdown: float, attempt: int) -> NoReturn:
+        # The scheduled attempt owns the step; a duplicate of this one finds it taken.
+        lease = int(countdown) + STEP_LEASE_SECONDS
+        self.redis.set(step_key, f"retry:{attempt}", ex=lease)
+        raise RetryLater(countdown, attempt)
 
     def _finish(self, step_key: str, outcome: dict[str, Any]) -> str:
         self.redis.set(step_key, json.dumps(outcome), ex=OUTCOME_TTL_SECONDS)

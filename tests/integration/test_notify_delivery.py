@@ -24,6 +24,7 @@ from tests.support.procs import RedisServer, free_port
 from worker.chat import ChatSender, RetryLater
 from worker.notify import ChatTarget, DeadLetters, DeliveryResult, Notification, RateLimiter
 from worker.notify.delivery import send_once
+from worker.notify.holds import SPREAD, TargetHolds
 
 pytestmark = pytest.mark.integration
 
@@ -215,20 +216,32 @@ def test_missing_url_configuration_fails_without_a_request(
 # --- attempts scheduled, not slept (worker/chat.py) ----------------------------------------------
 
 
+class Elapsing:
+    """The holds' clock here, where attempts run back to back: a test lets countdowns pass."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def sender(redis_client: redis.Redis, targets: list[ChatTarget], **options: object) -> ChatSender:
+    options.setdefault("holds", TargetHolds(clock=Elapsing()))
     return ChatSender(
         redis_client, "t:", {t.name: t for t in targets}, httpx.Client(timeout=5), **options
     )
 
 
 def until_settled(chat: ChatSender, step: str, target: str, note: Notification) -> tuple:
-    """Run attempts as the Celery task would; (outcome, countdowns asked for)."""
+    """Run attempts as the Celery task would, each after its countdown; (outcome, countdowns)."""
     attempt, countdowns = 1, []
     while True:
         try:
             return chat.send(step, target, note, attempt, rate_key="prod/payments"), countdowns
         except RetryLater as later:
             countdowns.append(later.countdown)
+            chat.holds.clock.now += later.countdown
             attempt = later.attempt
 
 
@@ -265,6 +278,62 @@ def test_a_scheduled_attempt_is_taken_once(
     assert chat.send("t:step:3", "slack-ops", verdict(), later.value.attempt) == "delivered"
     assert chat.send("t:step:3", "slack-ops", verdict(), later.value.attempt) == "duplicate"
     assert receivers.hits("slack") == 2 and len(receivers.accepted("slack")) == 1
+
+
+def test_a_retry_after_holds_the_target_for_every_message(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.always("slack", Answer.rate_limited("5"))
+    chat = sender(redis_client, [chat_target(receivers, "slack")], max_attempts=3)
+    with pytest.raises(RetryLater) as first:
+        chat.send("t:step:h1", "slack-ops", verdict(), 1)
+    assert (first.value.countdown, receivers.hits("slack")) == (5.0, 1)
+    # Other messages to the target wait out the same 5 s without a request, each spending an
+    # attempt as the 429 would have, and come due spread over a fifth of the wait after it.
+    later = []
+    for n in range(20):
+        with pytest.raises(RetryLater) as held:
+            chat.send(f"t:step:h2-{n}", "slack-ops", verdict(), 1)
+        later.append(held.value)
+    assert receivers.hits("slack") == 1
+    assert {held.attempt for held in later} == {2}
+    assert all(5.0 <= held.countdown <= 5.0 * (1 + SPREAD) for held in later)
+    assert len({held.countdown for held in later}) > 1
+    assert redis_client.get("t:step:h2-0") == b"retry:2"
+
+    chat.holds.clock.now += 2.0  # 3 s of the hold left
+    with pytest.raises(RetryLater) as held:
+        chat.send("t:step:h2-0", "slack-ops", verdict(), 2)
+    assert 3.0 <= held.value.countdown <= 3.0 * (1 + SPREAD) and receivers.hits("slack") == 1
+    # The last attempt asks the service anyway: only a real answer makes a dead letter.
+    assert chat.send("t:step:h2-0", "slack-ops", verdict(), 3) == "failed"
+    assert receivers.hits("slack") == 2
+    (entry,) = chat.dead_letters.list(10)
+    assert entry["result"]["reason"].startswith("HTTP 429")
+
+    # Once the hold is over, the next message asks; the service is back and takes it.
+    chat.holds.clock.now += 5.0
+    receivers.always("slack", None)
+    assert chat.send("t:step:h3", "slack-ops", verdict(), 1) == "delivered"
+    assert receivers.hits("slack") == 3
+
+
+def test_only_a_service_that_named_a_wait_holds_its_target(
+    receivers: ChatReceivers, redis_client: redis.Redis
+) -> None:
+    receivers.always("teams", Answer.status_only(503))  # no Retry-After: backoff, no hold
+    receivers.always("slack", Answer.rate_limited("30"))
+    chat = sender(redis_client, [chat_target(receivers, "teams"), chat_target(receivers, "slack")])
+    for n in range(3):
+        with pytest.raises(RetryLater):
+            chat.send(f"t:step:n{n}", "teams-ops", verdict(), 1)
+    assert receivers.hits("teams") == 3
+    with pytest.raises(RetryLater):
+        chat.send("t:step:s1", "slack-ops", verdict(), 1)
+    # A hold is the target's own: the other target is asked at once.
+    receivers.always("teams", None)
+    assert chat.send("t:step:n9", "teams-ops", verdict(), 1) == "delivered"
+    assert (receivers.hits("slack"), receivers.hits("teams")) == (1, 4)
 
 
 def test_server_errors_forever_fail_and_land_in_dead_letters(
