@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -53,7 +54,7 @@ ARGO_TIMEOUT_SECONDS = 10.0
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "8"))
-FRESH_SAMPLES = int(os.environ.get("BENCH_FRESH", "100"))
+FRESH_SAMPLES = int(os.environ.get("BENCH_FRESH", "200"))
 BURST = int(os.environ.get("BENCH_BURST", "500"))
 CAP = int(os.environ.get("BENCH_CAP", "8"))
 DEDUP_CALLS = 200
@@ -68,6 +69,20 @@ def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+def ratio_interval(
+    ours: list[float], base: list[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % bootstrap interval of p50(ours) / p50(base), rounds resampled in pairs (a round's
+    two numbers share the host's moment): whether a ratio near its line is the code or the draw."""
+    rng = random.Random(seed)
+    n = len(ours)
+    ratios = []
+    for _ in range(resamples):
+        picked = [rng.randrange(n) for _ in range(n)]
+        ratios.append(pct([ours[i] for i in picked], 0.5) / pct([base[i] for i in picked], 0.5))
+    return pct(ratios, 0.025), pct(ratios, 0.975)
 
 
 def body_for(i: int, rollout: str, end: float | None = None) -> dict[str, Any]:
@@ -261,6 +276,7 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
         "naive_p99": pct(naive, 0.99),
         "floor_p50": pct(floor, 0.5),
         "floor_p99": pct(floor, 0.99),
+        "floor_ratio_interval": ratio_interval(ours, floor),
     }
 
 
@@ -481,6 +497,15 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         f["ours_p50"] / f["floor_p50"],
         "<= 2x",
         f["ours_p50"] / f["floor_p50"] <= 2,
+    )
+    low, high = f["floor_ratio_interval"]
+    add(
+        "2. the ratio's 95 % interval (bootstrap of the rounds)",
+        f"{low:.2f}x - {high:.2f}x",
+        "",
+        None,
+        "",
+        None,
     )
     add(
         "2. worker CPU per fresh analysis (/proc, all workers)",
