@@ -31,7 +31,7 @@ class TargetHolds:
         """The target asked for `seconds` of quiet; a longer hold already there stays."""
         until = self.clock() + seconds
         with self._lock:
-            if until > self._until.get(target, -1.0):
+            if target not in self._until or until > self._until[target]:
                 self._until[target] = until
 
     def wait_for(self, target: str) -> float:
