@@ -74,6 +74,7 @@ def worker(concurrency: int, pool: str, hostname: str | None, which: str) -> Non
     Example: rollout-analyzer worker --concurrency 4 --queues followups
     """
     from worker import tracing
+    from worker.broker import FOLLOWUP_SLOTS
     from worker.celery_app import app
     from worker.logs import setup_logging
     from worker.queues import consumed
@@ -96,6 +97,10 @@ def worker(concurrency: int, pool: str, hostname: str | None, which: str) -> Non
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.conf.analysis_worker = which != "followups"
+    if which == "all":
+        # Follow-ups hold at most half the slots: the rest answer analyses (worker/broker.py).
+        slots = {FOLLOWUP_SLOTS: max(1, concurrency // 2)}
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, **slots}
     app.worker_main(argv)
 
 

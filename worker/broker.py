@@ -19,10 +19,19 @@ queues stay kombu's):
    or a reject with requeue. That is two Redis round trips less per analysis: Celery's CPU per
    task 1.9-2.0 -> 1.3-1.4 ms (`python -m tests.perf.hop`), ~0.5 ms less from a message's read
    to its task running (docs/performance.md, change 16).
+3. **Follow-ups never take every slot of a worker that also answers analyses.** A chat service
+   that hangs holds a thread for the whole HTTP timeout (10 s); a burst of events filled every
+   prefetch slot and thread with such deliveries, and the verdicts Argo waited for sat behind
+   them for 6-7 s (docs/performance.md, eighth pass). With the transport option
+   `followup_slots`, once that many follow-ups are held and due, the worker reads only the
+   analysis queue (a short BRPOP, so the follow-ups are read again soon after a slot frees).
+   Follow-ups waiting for their countdown do not count: they hold no thread.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -30,6 +39,22 @@ from kombu.transport import virtual
 
 # The transport option naming the queues whose messages skip the unacked index.
 MEMORY_ACK_QUEUES = "memory_ack_queues"
+# The transport option: how many follow-ups a worker reading analyses too may hold (change 3).
+FOLLOWUP_SLOTS = "followup_slots"
+# While those are taken, BRPOP on the analysis queue returns after this long (s), so that a
+# freed slot is seen; Redis takes a fractional timeout.
+ANALYSES_ONLY_SECONDS = 0.1
+
+
+def _due_at(message: Any) -> float:
+    """When a message may run: its Celery ETA (a retry's countdown), 0 for now."""
+    eta = (getattr(message, "headers", None) or {}).get("eta")
+    if not eta:
+        return 0.0
+    try:
+        return datetime.fromisoformat(str(eta)).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class QoS(kombu_redis.QoS):
@@ -38,15 +63,18 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._in_memory: set[Any] = set()  # delivery tags kept only in `_delivered`
+        self._followups: dict[Any, float] = {}  # other held tags: when each may run
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         if message.delivery_info.get("routing_key") in self.channel.memory_ack_queues:
             self._in_memory.add(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
             return
+        self._followups[delivery_tag] = _due_at(message)
         super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
 
     def ack(self, delivery_tag: Any) -> None:
+        self._followups.pop(delivery_tag, None)
         if delivery_tag in self._in_memory:
             self._in_memory.discard(delivery_tag)
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
@@ -56,6 +84,11 @@ class QoS(kombu_redis.QoS):
     def kept_in_memory(self, delivery_tag: Any) -> bool:
         return delivery_tag in self._in_memory
 
+    def followups_due(self) -> int:
+        """Follow-ups held that are running or may run now (not waiting for a countdown)."""
+        now = time.time()
+        return sum(1 for at in list(self._followups.values()) if at <= now)
+
     def at_prefetch_limit(self, after_ack: bool = False) -> bool:
         """Whether the loop may have stopped reading for want of a prefetch slot (one more
         than that just after an ack: the loop may have looked before it)."""
@@ -64,6 +97,7 @@ class QoS(kombu_redis.QoS):
         return bool(limit) and held >= limit - (1 if after_ack else 0)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self._followups.pop(delivery_tag, None)
         if delivery_tag in self._in_memory:
             self._in_memory.discard(delivery_tag)
             if requeue:
@@ -101,6 +135,25 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         options = self.connection.client.transport_options
         self.memory_ack_queues = frozenset(options.get(MEMORY_ACK_QUEUES) or ())
+        self.followup_slots = int(options.get(FOLLOWUP_SLOTS) or 0)
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        if self.followup_slots and self.qos.followups_due() >= self.followup_slots:
+            analyses = [q for q in self.active_queues if q in self.memory_ack_queues]
+            if analyses and len(analyses) < len(self.active_queues):
+                self._brpop_only(analyses, ANALYSES_ONLY_SECONDS)
+                return
+        super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+
+    def _brpop_only(self, queues: list[str], timeout: float) -> None:
+        """kombu's `_brpop_start` for these queues alone (priority order kept)."""
+        keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        command = ["BRPOP", *keys, timeout]
+        if self.global_keyprefix:
+            command = self.client._prefix_args(command)
+        self.client.connection.send_command(*command)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

@@ -112,6 +112,47 @@ def test_a_rate_limited_chat_holds_no_worker_slot(world, workers):
     wait_for(lambda: len(rx.accepted("generic")) == 2, 10, "generic: the fail and the pass")
 
 
+def test_a_hung_chat_service_never_takes_the_slots_analyses_need(world, workers):
+    stack, rx = world
+    workers(concurrency=2)  # both queues: follow-ups may hold one slot of two (worker/broker.py)
+    rx.always("slack", Answer.slow(3.0))
+    rx.always("generic", Answer.slow(3.0))
+    for revision in ("301", "302"):
+        assert analyze(stack, body(revision))[0] == "fail"
+    wait_for(lambda: rx.hits("slack") + rx.hits("generic") >= 1, 10, "a delivery hanging")
+    time.sleep(0.3)  # time enough for the other thread to take a delivery, were it allowed to
+
+    # Four deliveries of 3 s each are waiting: had they taken both threads and both prefetch
+    # slots, this verdict would wait for them.
+    verdict, seconds = analyze(stack, body("303") | {"service": "good", "rollout": "good"})
+    assert verdict == "pass"
+    assert seconds < 1.5, f"a fresh analysis waited {seconds:.1f}s behind hung chat deliveries"
+    assert rx.hits("slack") + rx.hits("generic") == 1  # one delivery at a time meanwhile
+
+    rx.always("slack", None)
+    rx.always("generic", None)
+    # Each event's messages still go out, once, before the workers stop.
+    wait_for(lambda: len(rx.accepted("slack")) == 3, 30, "slack: two fails and the pass")
+    wait_for(lambda: len(rx.accepted("generic")) == 3, 30, "generic: two fails and the pass")
+
+
+def test_a_retry_waiting_for_its_countdown_holds_no_follow_up_slot(world, workers):
+    stack, rx = world
+    workers(concurrency=2)  # follow-ups may hold one slot: a waiting retry must not be it
+    rx.always("slack", Answer.rate_limited(retry_after="8"))
+    assert analyze(stack, body("401"))[0] == "fail"
+    wait_for(lambda: rx.hits("slack") and rx.accepted("generic"), 10, "the first attempts")
+    time.sleep(0.5)  # slack's second attempt is scheduled 8 s out, held by the worker
+
+    assert analyze(stack, body("402"))[0] == "fail"
+    began = time.monotonic()
+    wait_for(lambda: len(rx.accepted("generic")) == 2, 10, "the second event's message")
+    assert time.monotonic() - began < 3, "a follow-up waited for another's countdown"
+
+    rx.always("slack", None)
+    wait_for(lambda: len(rx.accepted("slack")) == 2, 20, "slack: both fails, after the wait")
+
+
 def test_follow_ups_wait_on_their_own_queue(world, workers):
     stack, rx = world
     workers(queues="analyses")
