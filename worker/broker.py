@@ -25,7 +25,9 @@ queues stay kombu's):
    them for 6-7 s (docs/performance.md, eighth pass). With the transport option
    `followup_slots`, once that many follow-ups are held and due, the worker reads only the
    analysis queue (a short BRPOP, so the follow-ups are read again soon after a slot frees).
-   Follow-ups waiting for their countdown do not count: they hold no thread.
+   Follow-ups waiting for their countdown do not count: they hold no thread. Traffic actions
+   are still read then: they wait on the follow-up queue's first list, chat on its last
+   (worker/queues.py), and the short BRPOP takes that first list after the analyses.
 """
 
 from __future__ import annotations
@@ -140,14 +142,16 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: Any = None) -> None:
         if self.followup_slots and self.qos.followups_due() >= self.followup_slots:
             analyses = [q for q in self.active_queues if q in self.memory_ack_queues]
-            if analyses and len(analyses) < len(self.active_queues):
-                self._brpop_only(analyses, ANALYSES_ONLY_SECONDS)
+            others = [q for q in self.active_queues if q not in self.memory_ack_queues]
+            if analyses and others:
+                # Every list of the analysis queues, then the others' first (traffic actions).
+                keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in analyses]
+                self._brpop_keys(keys + others, ANALYSES_ONLY_SECONDS)
                 return
         super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
 
-    def _brpop_only(self, queues: list[str], timeout: float) -> None:
-        """kombu's `_brpop_start` for these queues alone (priority order kept)."""
-        keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+    def _brpop_keys(self, keys: list[str], timeout: float) -> None:
+        """kombu's `_brpop_start` on these lists alone."""
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         command = ["BRPOP", *keys, timeout]

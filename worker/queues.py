@@ -10,6 +10,10 @@ from worker.settings import Settings
 from worker.task_names import ACT_TASK, ARGO_EVENT_TASK, NOTIFY_TASK, REDELIVER_TASK
 
 FOLLOWUP_TASKS = frozenset({ACT_TASK, NOTIFY_TASK, ARGO_EVENT_TASK, REDELIVER_TASK})
+# A traffic action goes on the follow-up queue's first list (kombu's priority 0), chat from a
+# worker on its last: a worker whose follow-up slots are all taken (worker/broker.py) still
+# reads actions, so a rollback never waits behind chat deliveries hanging for their timeout.
+CHAT_PRIORITY = 9
 
 
 def queue_for(settings: Settings, task: str) -> str:
@@ -23,3 +27,8 @@ def consumed(settings: Settings, which: str) -> list[str]:
         "analyses": [settings.queue],
         "followups": [settings.followups],
     }[which]
+
+
+def priority_for(task: str) -> int | None:
+    """kombu's priority for a task sent by a worker (None: the default, the first list)."""
+    return CHAT_PRIORITY if task == NOTIFY_TASK else None

@@ -21,7 +21,7 @@ from worker.chat import RetryLater
 from worker.followup import Followup, build_followup
 from worker.jobs import execute
 from worker.query_cap import CappedSource, QueryCap
-from worker.queues import queue_for
+from worker.queues import priority_for, queue_for
 from worker.sequences import SequenceStore
 from worker.settings import get_settings
 from worker.task_names import (
@@ -56,7 +56,8 @@ def followup() -> Followup:
     settings = get_settings()
 
     def enqueue(task: str, args: list[Any]) -> None:
-        current_app.send_task(task, args=args, queue=queue_for(settings, task))
+        queue, priority = queue_for(settings, task), priority_for(task)
+        current_app.send_task(task, args=args, queue=queue, priority=priority)
 
     return build_followup(settings, worker_store().redis, enqueue)
 

@@ -275,6 +275,41 @@ def test_slow_chat_receivers_are_retried_then_dead_lettered(
         world.close()
 
 
+def test_a_hung_chat_service_never_delays_a_rollback(stack_factory, prometheus, tmp_path_factory):
+    world = start_actions_world(
+        stack_factory, prometheus.url, tmp_path_factory.mktemp("hungchat"), "faults-hung-chat",
+        settings={"ROLLOUT_ANALYZER_NOTIFY_TIMEOUT_SECONDS": "6"},
+    )  # fmt: skip
+    kinds = ("slack", "dingtalk", "feishu", "generic")
+    try:
+        for kind in kinds:
+            world.receivers.always(kind, Answer.slow(4.0))
+        with world.stack.client() as client:
+            # A first event's four messages: two hang, one in each worker's only follow-up
+            # slot (two workers, concurrency 2), two wait on the follow-up queue.
+            good = body("31") | {"service": "good", "rollout": "good"}
+            assert client.post("/v1/analyze", json=good).json()["verdict"] == "pass"
+            wait_for(lambda: sum(world.receivers.hits(k) for k in kinds) == 2, 10, "two hangs")
+            time.sleep(0.3)
+            assert world.weights() == {"stable": 70, "canary": 30}
+
+            # The fail's traffic action is read past the waiting messages and runs in the
+            # slot kept for analyses: the rollback does not wait for chat.
+            assert client.post("/v1/analyze", json=body("32")).json()["verdict"] == "fail"
+            began = time.monotonic()
+            wait_for(lambda: world.weights() == {"stable": 100, "canary": 0}, 10, "rollback")
+            assert time.monotonic() - began < 2, "the rollback waited behind chat deliveries"
+            assert sum(world.receivers.hits(k) for k in kinds) == 2  # chat: one slot a worker
+        for kind in kinds:
+            world.receivers.always(kind, None)
+        wait_for(
+            lambda: all(len(world.receivers.accepted(k)) == 2 for k in kinds), 30,
+            "every message of both events",
+        )  # fmt: skip
+    finally:
+        world.close()
+
+
 def test_load_while_a_worker_dies_gets_verdicts_or_503_never_500(stack_factory, prometheus):
     stack = stack_factory("faults-load", prometheus_url=prometheus.url, workers=2,
                           settings={"ROLLOUT_ANALYZER_WAIT_SECONDS": "4",
