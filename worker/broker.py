@@ -43,8 +43,8 @@ from kombu.transport import virtual
 MEMORY_ACK_QUEUES = "memory_ack_queues"
 # The transport option: how many follow-ups a worker reading analyses too may hold (change 3).
 FOLLOWUP_SLOTS = "followup_slots"
-# While those are taken, BRPOP on the analysis queue returns after this long (s), so that a
-# freed slot is seen; Redis takes a fractional timeout.
+# While those are taken, the BRPOP on the analysis queue and the actions' list returns after
+# this long (s), so that a freed slot is seen; Redis takes a fractional timeout.
 ANALYSES_ONLY_SECONDS = 0.1
 
 
@@ -146,7 +146,8 @@ class Channel(kombu_redis.Channel):
             if analyses and others:
                 # Every list of the analysis queues, then the others' first (traffic actions).
                 keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in analyses]
-                self._brpop_keys(keys + others, ANALYSES_ONLY_SECONDS)
+                keys += [self._q_for_pri(q, 0) for q in others]
+                self._brpop_keys(keys, ANALYSES_ONLY_SECONDS)
                 return
         super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
 
