@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 
 from webhooks.producer import RedisTaskProducer, publishes_directly
 from worker.chat import RetryLater
-from worker.queues import queue_for
+from worker.queues import priority_for, queue_for
 from worker.redis_clients import async_cluster_client
 from worker.settings import Settings
 from worker.store import AsyncStore, Store
@@ -57,12 +57,14 @@ class CeleryDispatcher:
         )
 
     async def enqueue(self, task: str, args: list[Any]) -> None:
-        queue = queue_for(self._settings, task)
+        queue, priority = queue_for(self._settings, task), priority_for(task)
         if self._producers:
-            await self._producers[queue].publish(task, args)
+            await self._producers[queue].publish(task, args, priority or 0)
             return
         # kombu publishes synchronously; keep the event loop free while it does.
-        await asyncio.to_thread(self._app.send_task, task, args=args, queue=queue)
+        await asyncio.to_thread(
+            self._app.send_task, task, args=args, queue=queue, priority=priority
+        )
 
     def message(
         self, task: str, args: list[Any], headers: dict[str, Any] | None = None

@@ -10,10 +10,12 @@ from worker.settings import Settings
 from worker.task_names import ACT_TASK, ARGO_EVENT_TASK, NOTIFY_TASK, REDELIVER_TASK
 
 FOLLOWUP_TASKS = frozenset({ACT_TASK, NOTIFY_TASK, ARGO_EVENT_TASK, REDELIVER_TASK})
-# A traffic action goes on the follow-up queue's first list (kombu's priority 0), chat from a
-# worker on its last: a worker whose follow-up slots are all taken (worker/broker.py) still
-# reads actions, so a rollback never waits behind chat deliveries hanging for their timeout.
+# A traffic action goes on the follow-up queue's first list (kombu's priority 0), chat (a
+# message, or a dead letter sent again) on its last: a worker whose follow-up slots are all
+# taken (worker/broker.py) still reads actions, so a rollback never waits behind chat
+# deliveries hanging for their timeout.
 CHAT_PRIORITY = 9
+CHAT_TASKS = frozenset({NOTIFY_TASK, REDELIVER_TASK})
 
 
 def queue_for(settings: Settings, task: str) -> str:
@@ -30,5 +32,5 @@ def consumed(settings: Settings, which: str) -> list[str]:
 
 
 def priority_for(task: str) -> int | None:
-    """kombu's priority for a task sent by a worker (None: the default, the first list)."""
-    return CHAT_PRIORITY if task == NOTIFY_TASK else None
+    """kombu's priority for a task (None: the default, the first list)."""
+    return CHAT_PRIORITY if task in CHAT_TASKS else None

@@ -100,3 +100,31 @@ def test_a_new_claim_pushes_its_task_in_the_same_script_and_a_repeat_pushes_noth
     assert client.llen("ra-claimed") == 1
     assert pushed(client, "ra-claimed")["body"][0] == [ids[0]]
     assert client.hget(Keys("ra:t:").record(ids[0]), "status") == b"queued"
+
+
+def test_chat_goes_on_the_list_send_task_gives_its_priority(redis_flushed):
+    """A dead letter sent again is chat: the webhook pushes it where a worker's send_task puts
+    a chat message (kombu's priority-9 list), past which a worker with its follow-up slots
+    taken still reads traffic actions (worker/broker.py)."""
+    from webhooks.runtime import CeleryDispatcher
+    from worker.queues import CHAT_PRIORITY
+    from worker.task_names import REDELIVER_TASK
+
+    settings = Settings(redis_url=redis_flushed.url, followup_queue="ra-chat")
+    app = make_celery(settings)
+    client = redis.Redis.from_url(redis_flushed.url)
+    app.send_task(REDELIVER_TASK, args=["e1"], queue="ra-chat", priority=CHAT_PRIORITY)
+    (key,) = [k.decode() for k in client.keys("ra-chat*")]
+    assert key != "ra-chat"  # kombu's own list for that priority
+    theirs = pushed(client, key)
+
+    async def enqueue() -> None:
+        async_client = aioredis.Redis.from_url(redis_flushed.url)
+        await CeleryDispatcher(settings, async_client).enqueue(REDELIVER_TASK, ["e2"])
+        await async_client.aclose()
+
+    asyncio.run(enqueue())
+    assert [k.decode() for k in client.keys("ra-chat*")] == [key]
+    ours = pushed(client, key)
+    assert ours["body"][0] == ["e2"]
+    assert ours["properties"]["priority"] == theirs["properties"]["priority"] == CHAT_PRIORITY
