@@ -20,7 +20,7 @@ from kombu import Connection, Queue
 from tests.support.procs import RedisServer, wait_for
 from tests.support.service import Worker, service_env
 from worker.broker import MEMORY_ACK_QUEUES, TRANSPORT
-from worker.task_names import ANALYZE_TASK
+from worker.task_names import ANALYZE_TASK, REDELIVER_TASK
 
 ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
 
@@ -141,3 +141,37 @@ def test_a_worker_at_its_prefetch_limit_keeps_taking_analyses(redis_flushed, tmp
         celery.close()
         kv.close()
         worker.stop()
+
+
+def test_follow_ups_still_flow_where_an_acl_refuses_client_unblock(redis_flushed, tmp_path):
+    """A worker at its follow-up cap ends its short BRPOP with CLIENT UNBLOCK when a follow-up
+    ends (worker/broker.py). Where the Redis user may not (a managed Redis' ACL), it says so
+    once and falls back to a 0.1 s BRPOP: every follow-up still runs."""
+    kv = redis.Redis.from_url(redis_flushed.url)
+    kv.acl_setuser(
+        "ra-limited", enabled=True, passwords=["+limited"], keys=["*"], channels=["*"],
+        commands=["+@all", "-client|unblock"],
+    )  # fmt: skip
+    url = redis_flushed.url.replace("redis://", "redis://ra-limited:limited@", 1)
+    targets = tmp_path / "targets.yaml"
+    targets.write_text('targets: [{name: audit, kind: generic, url: "http://127.0.0.1:9/"}]\n')
+    queue = "ra-acl"
+    env = service_env(
+        url, prometheus_url="http://127.0.0.1:9", key_prefix="ra:acl:", queue=queue,
+        extra={"ROLLOUT_ANALYZER_CHAT_TARGETS_FILE": str(targets)},
+    )  # fmt: skip
+    worker = Worker(env, tmp_path, concurrency=2, name="acl").start()  # one follow-up slot
+    celery = Celery(broker=redis_flushed.url)
+    try:
+        sent = 12
+        for n in range(sent):  # retries of dead letters that are gone: each ends at once
+            celery.send_task(REDELIVER_TASK, args=[f"gone-{n}"], queue=f"{queue}-followups")
+
+        wait_for(lambda: kv.llen(f"{queue}-followups") == 0 and not kv.hlen("unacked"), 20,
+                 "every follow-up taken and acked")  # fmt: skip
+        assert worker.logs().count("CLIENT UNBLOCK refused") == 1
+    finally:
+        celery.close()
+        worker.stop()
+        kv.acl_deluser("ra-limited")
+        kv.close()

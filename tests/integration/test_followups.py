@@ -136,6 +136,25 @@ def test_a_hung_chat_service_never_takes_the_slots_analyses_need(world, workers)
     wait_for(lambda: len(rx.accepted("generic")) == 3, 30, "generic: two fails and the pass")
 
 
+def test_a_worker_at_its_follow_up_cap_reads_the_next_message_when_one_ends(world, workers):
+    stack, rx = world
+    workers(queues="analyses")  # six fails, their twelve messages left waiting on the queue
+    for revision in range(501, 507):
+        assert analyze(stack, body(str(revision)))[0] == "fail"
+    workers(concurrency=2)  # both queues: one follow-up slot, so capped after each read
+    wait_for(lambda: rx.hits("slack") + rx.hits("generic") >= 1, 20, "the first delivery")
+    began = time.monotonic()
+
+    def delivered() -> int:
+        return len(rx.accepted("slack")) + len(rx.accepted("generic"))
+
+    wait_for(lambda: delivered() == 12, 30, "every message")
+    # The capped BRPOP ends as each delivery ends (CLIENT UNBLOCK): read only at its timeout
+    # (0.5 s), the eleven after the first took over 5 s.
+    seconds = time.monotonic() - began
+    assert seconds < 2.5, f"eleven quick deliveries took {seconds:.1f}s at the follow-up cap"
+
+
 def test_a_retry_waiting_for_its_countdown_holds_no_follow_up_slot(world, workers):
     stack, rx = world
     workers(concurrency=2)  # follow-ups may hold one slot: a waiting retry must not be it
