@@ -38,11 +38,11 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def body_alone(stack: Stack, n: int) -> float:
+def claimed(stack: Stack, n: int, rollout: str) -> list[str]:
+    """`n` fresh analyses claimed as the webhook claims them (the task not pushed): their ids."""
     os.environ.update(stack.env)
     from analysis.policy import PolicySet
     from analysis.request import parse_request, resolve
-    from worker import tasks
     from worker.settings import get_settings
     from worker.store import AsyncStore
 
@@ -52,8 +52,8 @@ def body_alone(stack: Stack, n: int) -> float:
         client = aioredis.from_url(stack.redis.url)
         store = AsyncStore(client, get_settings().key_prefix)
         ids = []
-        for i in range(n + 20):
-            spec = resolve(parse_request(body_for(i, "hop", fresh_end())), policies)
+        for i in range(n):
+            spec = resolve(parse_request(body_for(i, rollout, fresh_end())), policies)
             claim = await store.claim(
                 spec.identity(), spec.to_json(), pending_seconds=120, result_ttl_seconds=600,
                 now=time.time(),
@@ -62,7 +62,13 @@ def body_alone(stack: Stack, n: int) -> float:
         await client.aclose()
         return ids
 
-    ids = asyncio.run(claims())
+    return asyncio.run(claims())
+
+
+def body_alone(stack: Stack, n: int) -> float:
+    from worker import tasks
+
+    ids = claimed(stack, n + 20, "hop")
     for analysis_id in ids[:20]:  # connections, caches and scripts up
         tasks.analyze.run(analysis_id)
     began = own_cpu()
