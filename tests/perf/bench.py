@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(all, idle, stolen) CPU ticks of the whole machine so far, every CPU, from /proc/stat.
+    Idle counts iowait; stolen is time the hypervisor gave this VM's CPUs to other guests."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields), fields[3] + fields[4], fields[7]
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class HostShare:
+    """How busy the machine was with other work over a span: the share of its CPU time stolen by
+    the hypervisor, and the share used by processes outside the bench and its stack. A run on a
+    busy host reads slower, our side more than the floor's (docs/performance.md)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.ticks = machine_ticks()
+        self.ours = self._ours()
+
+    def _ours(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids) + own_cpu_seconds()
+
+    def shares(self) -> dict[str, float]:
+        total, idle, stolen = (b - a for a, b in zip(self.ticks, machine_ticks(), strict=True))
+        if total <= 0:
+            return {"stolen": 0.0, "others": 0.0}
+        busy_seconds = (total - idle - stolen) / os.sysconf("SC_CLK_TCK")
+        others = max(0.0, busy_seconds - (self._ours() - self.ours))
+        return {"stolen": stolen / total, "others": others * os.sysconf("SC_CLK_TCK") / total}
+
+
 class Sampler:
     """Calls `probe` every `interval` s on a thread; keeps the maximum seen."""
 
@@ -243,9 +278,12 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
     ours, naive, floor, failures = [], [], [], 0
     pids = {"webhook": stack.webhook.pid or 0, **{w.name: w.pid or 0 for w in stack.workers}}
     cpu_before: dict[str, float] = {}
+    host = HostShare([])
     for i in range(samples + 5):
         if i == 5:
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            stack_pids = [*pids.values(), stack.redis.pid or 0, stack.prometheus.pid or 0]
+            host = HostShare(stack_pids)
         end = fresh_end()
         body = body_for(i, "fresh", end)
         seconds, response = call(stack.http, body)
@@ -266,6 +304,7 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
     # CPU, not wall time: the workers' idle polling and heartbeats are counted in.
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     return {
+        "host": host.shares(),
         "samples": samples,
         "failures": failures,
         "webhook_cpu_per_analysis": cpu.pop("webhook") / samples,
@@ -507,6 +546,15 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         "",
         None,
     )
+    if "host" in f:
+        add(
+            "2. the host during 1-2: CPU stolen by the hypervisor / used outside the bench",
+            f"{f['host']['stolen']:.1%} / {f['host']['others']:.1%}",
+            "",
+            None,
+            "",
+            None,
+        )
     add(
         "2. worker CPU per fresh analysis (/proc, all workers)",
         ms(f["worker_cpu_per_analysis"]),
