@@ -10,10 +10,13 @@ client library, plus one Redis ping) measured in the same rounds.
     AB='{"before": {"pythonpath": "/path/to/other/checkout"}, "after": {}}' \\
         python -m tests.perf.ab
     AB='{"plain": {"pythonpath": "/tmp/no-hiredis"}, "hiredis": {}}' python -m tests.perf.ab
+    AB='{"real": {}, "no-query": {"pythonpath": "tests/perf/no_query"}}' python -m tests.perf.ab
 
-A configuration is `env` (more environment for its services) and/or `pythonpath` (put first on
+A configuration is `env` (more environment for its services), `pythonpath` (put first on
 their PYTHONPATH: another checkout of this repository, or a directory with a sitecustomize.py
-that changes something before the services start, e.g. `sys.modules["hiredis"] = None`).
+that changes something before the services start, e.g. `sys.modules["hiredis"] = None`, or
+`tests/perf/no_query`: everything of ours but the PromQL exchange) and/or `pool` (the workers'
+Celery pool: `threads`, as deployed, or e.g. `solo`, which runs a task on the thread that reads it).
 AB_ROUNDS sets the calls per configuration (300), AB_GAP_MS a pause after each round (0: `make
 bench` has ~35 ms). Prints p50, p90 and the ratio to the floor, and the worker and webhook CPU per
 analysis from /proc, per configuration. AB_BURSTS=N adds N
@@ -97,10 +100,11 @@ def start_side(
         },
     )
     if config.get("pythonpath"):
-        paths = [config["pythonpath"], env.get("PYTHONPATH")]
+        paths = [str(Path(config["pythonpath"]).resolve()), env.get("PYTHONPATH")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    pool = config.get("pool", "threads")
     workers = [
-        Worker(env, work, pool="threads", concurrency=CONCURRENCY, name=f"{name}-w{i}").start()
+        Worker(env, work, pool=pool, concurrency=CONCURRENCY, name=f"{name}-w{i}").start()
         for i in range(WORKERS)
     ]
     webhook = Webhook(env, work).start()

@@ -674,7 +674,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         f"{m['bytes_per_canary']:.0f} B (+ {m['sequence_bytes_at_cap']} B sequence"
         f" + {m['poll_history_bytes_at_cap']:.0f} B history"
         f" + {m['latest_record_growth_to_cap']:.0f} B latest) / "
-        f"{m['bytes_per_poll_kept']:.0f} B",
+        f"{round(m['bytes_per_poll_kept'])} B",  # an int: a delta of -0.2 B reads 0, not -0
         f"{m['record_bytes']} B",
         None,
         "",
