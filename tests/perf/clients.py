@@ -13,17 +13,24 @@ import http.client
 import json
 import os
 import statistics
-import tempfile
 import time
 import urllib.parse
-from pathlib import Path
 
 from prometheus_api_client import PrometheusConnect
 
 from analysis.policy import PolicySet
 from analysis.queries import build_query
 from analysis.request import parse_request, resolve
-from tests.perf.bench import BASELINE_HASH, CANARY_HASH, NAMESPACE, Stack, body_for, call, fresh_end
+from tests.perf.bench import (
+    BASELINE_HASH,
+    CANARY_HASH,
+    NAMESPACE,
+    Stack,
+    body_for,
+    call,
+    fresh_end,
+    stack_running,
+)
 from tests.perf.naive import naive_queries, run_naive
 
 ROUNDS = int(os.environ.get("CLIENT_ROUNDS", "200"))
@@ -81,12 +88,8 @@ def measure(stack: Stack) -> dict[str, dict[str, list[float]]]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as work:
-        stack = Stack(Path(work))
-        try:
-            times = measure(stack)
-        finally:
-            stack.stop()
+    with stack_running() as stack:
+        times = measure(stack)
     for kind, parts in times.items():
         p50 = {name: statistics.median(values) * 1000 for name, values in parts.items()}
         print(

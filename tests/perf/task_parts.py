@@ -11,13 +11,11 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-from tests.perf.bench import Stack
+from tests.perf.bench import Stack, stack_running
 from tests.perf.hop import claimed
 
 ANALYSES = int(os.environ.get("PARTS_ANALYSES", "300"))
@@ -82,12 +80,8 @@ def measure(stack: Stack) -> Times:
 
 
 def main() -> Times:
-    with tempfile.TemporaryDirectory() as work:
-        stack = Stack(Path(work))
-        try:
-            times = measure(stack)
-        finally:
-            stack.stop()
+    with stack_running() as stack:
+        times = measure(stack)
     print(f"{ANALYSES} analyses, {PAUSE * 1000:.0f} ms pause before each; medians:")
     for name, values in sorted(times.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"{statistics.median(values):8.3f} ms  {name}")
