@@ -43,8 +43,6 @@ import redis
 from prometheus_api_client import PrometheusConnect
 
 from analysis.policy import PolicySet
-from analysis.queries import build_query
-from analysis.request import parse_request, resolve
 from tests.perf.bench import (
     BURST,
     CAP,
@@ -53,6 +51,7 @@ from tests.perf.bench import (
     body_for,
     call_many,
     cpu_seconds,
+    expr_of,
     fresh_end,
 )
 from tests.perf.dataset import start_prometheus
@@ -136,7 +135,7 @@ def main() -> None:
                 if response.status_code != 200:
                     raise SystemExit(f"{side.name}: {response.status_code} {response.text[:200]}")
             body = body_for(i, "ab", fresh_end())
-            expr = build_query(resolve(parse_request(body), policies)).expr
+            expr = expr_of(body, policies)
             began = time.perf_counter()
             prom.custom_query(expr, params={"time": fresh_end()})
             kv.ping()

@@ -252,6 +252,24 @@ def call(http: httpx.Client, body: dict[str, Any]) -> tuple[float, httpx.Respons
     return time.perf_counter() - began, response
 
 
+def naive_of(body: dict[str, Any]) -> list[str]:
+    """The ten queries Argo's built-in provider would send for this call's metrics."""
+    return naive_queries(body["service"], NAMESPACE, CANARY_HASH, BASELINE_HASH)
+
+
+def naive_seconds(prom: PrometheusConnect, body: dict[str, Any], end: float) -> float:
+    """The naive baseline of one call: its ten queries, one after another (built untimed)."""
+    queries = naive_of(body)
+    began = time.perf_counter()
+    run_naive(prom, queries, end)
+    return time.perf_counter() - began
+
+
+def expr_of(body: dict[str, Any], policies: PolicySet) -> str:
+    """Our one PromQL expression for this call: the floor's query."""
+    return build_query(resolve(parse_request(body), policies)).expr
+
+
 async def call_many(url: str, bodies: list[dict[str, Any]]) -> list[Result]:
     """All calls at once, one connection each (as Argo's AnalysisRuns do)."""
     return await post_all(url, "/v1/analyze", bodies, ARGO_TIMEOUT_SECONDS)
@@ -275,7 +293,7 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
     """Items 1-2: ours through the webhook, the naive ten queries, and our floor, interleaved."""
     prom = PrometheusConnect(url=stack.prometheus.url, disable_ssl=True)
     policies = PolicySet.load(None)
-    ours, naive, floor, failures = [], [], [], 0
+    ours, naives, floor, failures = [], [], [], 0
     pids = {"webhook": stack.webhook.pid or 0, **{w.name: w.pid or 0 for w in stack.workers}}
     cpu_before: dict[str, float] = {}
     host = HostShare([])
@@ -288,18 +306,15 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
         body = body_for(i, "fresh", end)
         seconds, response = call(stack.http, body)
         failures += response.status_code != 200
-        queries = naive_queries(body["service"], NAMESPACE, CANARY_HASH, BASELINE_HASH)
-        began = time.perf_counter()
-        run_naive(prom, queries, end)
-        naive_seconds = time.perf_counter() - began
-        expr = build_query(resolve(parse_request(body), policies)).expr
+        naive = naive_seconds(prom, body, end)
+        expr = expr_of(body, policies)
         began = time.perf_counter()
         prom.custom_query(expr, params={"time": end})
         stack.kv.ping()
         floor_seconds = time.perf_counter() - began
         if i >= 5:  # the first few warm connections and caches up
             ours.append(seconds)
-            naive.append(naive_seconds)
+            naives.append(naive)
             floor.append(floor_seconds)
     # CPU, not wall time: the workers' idle polling and heartbeats are counted in.
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
@@ -311,8 +326,8 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
         "worker_cpu_per_analysis": sum(cpu.values()) / samples,
         "ours_p50": pct(ours, 0.5),
         "ours_p99": pct(ours, 0.99),
-        "naive_p50": pct(naive, 0.5),
-        "naive_p99": pct(naive, 0.99),
+        "naive_p50": pct(naives, 0.5),
+        "naive_p99": pct(naives, 0.99),
         "floor_p50": pct(floor, 0.5),
         "floor_p99": pct(floor, 0.99),
         "floor_ratio_interval": ratio_interval(ours, floor),
@@ -431,8 +446,7 @@ def measure_naive_burst(stack: Stack) -> dict[str, Any]:
 
     def one(i: int) -> None:
         body = body_for(i, "naive")
-        queries = naive_queries(body["service"], NAMESPACE, CANARY_HASH, BASELINE_HASH)
-        run_naive(client(), queries, end)
+        run_naive(client(), naive_of(body), end)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(one, range(min(threads, BURST))))  # connections up, as ours are

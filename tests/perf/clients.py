@@ -19,19 +19,15 @@ import urllib.parse
 from prometheus_api_client import PrometheusConnect
 
 from analysis.policy import PolicySet
-from analysis.queries import build_query
-from analysis.request import parse_request, resolve
 from tests.perf.bench import (
-    BASELINE_HASH,
-    CANARY_HASH,
-    NAMESPACE,
     Stack,
     body_for,
     call,
+    expr_of,
     fresh_end,
+    naive_seconds,
     stack_running,
 )
-from tests.perf.naive import naive_queries, run_naive
 
 ROUNDS = int(os.environ.get("CLIENT_ROUNDS", "200"))
 WARM = 10
@@ -66,11 +62,8 @@ def measure(stack: Stack) -> dict[str, dict[str, list[float]]]:
             answer.read()
             ours = time.perf_counter() - began
             assert answer.status == 200
-        queries = naive_queries(body["service"], NAMESPACE, CANARY_HASH, BASELINE_HASH)
-        began = time.perf_counter()
-        run_naive(prom, queries, end)
-        naive = time.perf_counter() - began
-        expr = build_query(resolve(parse_request(body), policies)).expr
+        naive = naive_seconds(prom, body, end)
+        expr = expr_of(body, policies)
         began = time.perf_counter()
         if kind == "bench":
             prom.custom_query(expr, params={"time": end})
