@@ -30,13 +30,15 @@ queues stay kombu's):
    (worker/queues.py), and the short BRPOP takes that first list after the analyses.
    When a follow-up ends and frees a slot, the worker ends that short BRPOP at once
    (`CLIENT UNBLOCK` from another connection: BRPOP then answers as if timed out, so no
-   message is taken): without it a capped worker read at most its slots' worth of chat per
-   timeout, ~40 messages a second for two workers (a burst's 900 took 22 s).
+   message is taken; sent again if it reached Redis before the BRPOP did): without it a
+   capped worker read at most its slots' worth of chat per timeout, ~40 messages a second
+   for two workers (a burst's 900 took 22 s).
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import time
 import weakref
 from datetime import datetime
@@ -56,6 +58,11 @@ ANALYSES_ONLY_SECONDS = 0.5
 # ... and this long where CLIENT UNBLOCK is refused (an ACL without it): the freed slot is
 # then seen only when the BRPOP times out.
 ANALYSES_ONLY_SECONDS_POLLED = 0.1
+# CLIENT UNBLOCK sent before Redis has read the BRPOP it is meant for finds nothing to end:
+# it is sent again this often, for at most this long (on the consumer's thread; Redis reads a
+# BRPOP already on its socket within microseconds, so one retry is the usual case).
+UNBLOCK_RETRY_SECONDS = 0.0005
+UNBLOCK_RETRY_FOR_SECONDS = 0.02
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,19 @@ def _due_at(message: Any) -> float:
         return datetime.fromisoformat(str(eta)).timestamp()
     except ValueError:
         return 0.0
+
+
+def _has_reply(connection: Any) -> bool:
+    """Whether a reply waits on this connection's socket (read nothing: the consumer's event
+    loop reads it when the socket polls readable)."""
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return True  # disconnected: no BRPOP left to end
+    if getattr(sock, "pending", None) and sock.pending():  # TLS: decrypted, not yet read
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class QoS(kombu_redis.QoS):
@@ -166,8 +186,18 @@ class Channel(kombu_redis.Channel):
         if capped is None or self.qos.followups_due() >= self.followup_slots:
             return
         self._capped = None
+        brpop = self._in_poll
         try:
-            self._create_client().execute_command("CLIENT", "UNBLOCK", capped)
+            # Redis answers 0 when that client is not blocked: its BRPOP was answered already
+            # (the reply waits on its socket), or Redis has not read it yet, as when the slot
+            # frees just as the BRPOP is sent. Only the latter is asked again, briefly.
+            give_up = time.monotonic() + UNBLOCK_RETRY_FOR_SECONDS
+            while not self._create_client().execute_command("CLIENT", "UNBLOCK", capped):
+                if brpop is None or self._in_poll is not brpop or _has_reply(brpop):
+                    return
+                if time.monotonic() > give_up:
+                    return  # Redis is that slow: the BRPOP ends at its own timeout
+                time.sleep(UNBLOCK_RETRY_SECONDS)
         except redis.ResponseError as exc:  # NOPERM: fall back to short timeouts
             self._unblock_refused = True
             log.warning("CLIENT UNBLOCK refused, polling instead: %s", exc)

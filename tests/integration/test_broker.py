@@ -11,6 +11,8 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from queue import Empty
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -19,7 +21,7 @@ from kombu import Connection, Queue
 
 from tests.support.procs import RedisServer, wait_for
 from tests.support.service import Worker, service_env
-from worker.broker import MEMORY_ACK_QUEUES, TRANSPORT
+from worker.broker import ANALYSES_ONLY_SECONDS, FOLLOWUP_SLOTS, MEMORY_ACK_QUEUES, TRANSPORT
 from worker.task_names import ANALYZE_TASK, REDELIVER_TASK
 
 ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
@@ -174,4 +176,48 @@ def test_follow_ups_still_flow_where_an_acl_refuses_client_unblock(redis_flushed
         celery.close()
         worker.stop()
         kv.acl_deluser("ra-limited")
+        kv.close()
+
+
+def test_a_capped_brpop_redis_reads_after_the_unblock_still_ends_at_once(
+    redis_flushed, monkeypatch
+):
+    """A follow-up ends just as the capped BRPOP is sent, and CLIENT UNBLOCK reaches Redis
+    before the BRPOP does: Redis answers that nobody is blocked. Asked again once the BRPOP is
+    read, it ends it; otherwise chat waits for the BRPOP's own timeout (0.5 s)."""
+    options = {MEMORY_ACK_QUEUES: [ANALYSES], FOLLOWUP_SLOTS: 1}
+    kv = redis.Redis.from_url(redis_flushed.url)
+    connection = Connection(redis_flushed.url, transport=TRANSPORT, transport_options=options)
+    channel = connection.default_channel
+    try:
+        client = channel.client  # the BRPOP's: the poller gives it its own connection
+        brpop = client.connection = client.connection_pool.get_connection()
+        # The consumer's state once its capped BRPOP is written but not yet read by Redis.
+        channel._in_poll, channel._capped = brpop, channel._client_id(brpop)
+
+        def unblocks() -> int:
+            return int(kv.info("commandstats").get("cmdstat_client|unblock", {}).get("calls", 0))
+
+        # The order made certain, not raced: the BRPOP goes out only after Redis has answered
+        # the first CLIENT UNBLOCK (with 0), in the pause before the next one.
+        sent: list[int] = []  # CLIENT UNBLOCKs answered when the BRPOP went out
+
+        def pause_then_brpop(seconds: float) -> None:
+            if not sent:
+                sent.append(unblocks())
+                channel._brpop_keys([ANALYSES], ANALYSES_ONLY_SECONDS)
+            time.sleep(seconds)
+
+        clock = SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=pause_then_brpop)
+        monkeypatch.setattr("worker.broker.time", clock)
+        channel.followup_ended()  # no follow-up held: under the cap of one
+        assert sent == [1], "the first CLIENT UNBLOCK found the BRPOP, or none was retried"
+        with pytest.raises(Empty):  # ended as if timed out: nothing was taken
+            channel._brpop_read()
+        waited = time.monotonic() - channel._brpop_sent_at
+        assert waited < ANALYSES_ONLY_SECONDS / 2, f"the BRPOP ran {waited:.3f}s, to its timeout"
+        assert unblocks() >= 2
+    finally:
+        channel._in_poll = None  # closing would wait for the reply of a BRPOP never sent
+        connection.release()
         kv.close()
