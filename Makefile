@@ -41,8 +41,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy analysis
 
+# Two pytest processes, each with its own Redis, Prometheus and Redis Cluster; a module's tests
+# stay on one (they share its services). TEST_PROCESSES=0 runs the suite in this process.
+TEST_PROCESSES ?= 2
 test: $(STAMP) system-deps lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

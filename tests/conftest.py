@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -15,12 +16,35 @@ from tests.support.procs import PrometheusServer, RedisServer, start_with_scenar
 from tests.support.redis_cluster import RedisClusterNodes
 from tests.support.scenarios import DATA_END, DATA_START, SCENARIOS
 
-# Startup costs measured in this session, printed in the terminal summary (fixture output is
-# captured, so printing from the fixture itself would be lost).
+# Printed in the terminal summary: startup costs measured in this session, and the lines tests
+# leave for it (`record_property("summary", line)`: what they measured). Output of a fixture or
+# test is captured, and under pytest-xdist (`make test`) it is a worker process': a test's lines
+# travel in its report, a worker's startup costs in its output at its end.
 _STARTUP_SECONDS: dict[str, float] = {}
+_SUMMARY: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # its properties, those of the call included
+        _SUMMARY.extend(str(value) for key, value in report.user_properties if key == "summary")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)  # an xdist worker's, to the controller
+    if output is not None:
+        output["startup_seconds"] = dict(_STARTUP_SECONDS)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the controller hears a worker end
+def pytest_testnodedown(node: Any, error: object) -> None:
+    started = getattr(node, "workeroutput", {}).get("startup_seconds", {})
+    for what, seconds in started.items():
+        _STARTUP_SECONDS[f"{what} ({node.gateway.id})"] = seconds
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)
     for what, seconds in _STARTUP_SECONDS.items():
         terminalreporter.write_line(f"{what}: {seconds:.2f}s")
 

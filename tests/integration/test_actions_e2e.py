@@ -35,7 +35,7 @@ def patches(emulator: K8sEmulator) -> list:
     return emulator.requests_for("patch")
 
 
-def test_fail_rolls_back_traffic_and_tells_every_chat_once(world, capsys):
+def test_fail_rolls_back_traffic_and_tells_every_chat_once(world, record_property):
     stack, emulator, receivers, celery = world.parts
     world.reset()
     phase, began = argo_call(stack, body("1"))
@@ -50,10 +50,12 @@ def test_fail_rolls_back_traffic_and_tells_every_chat_once(world, capsys):
         "messages",
     )
     messaged_at = time.monotonic()
-    with capsys.disabled():
-        print(f"\n[actions] verdict answered {verdict_at - began:.3f}s after the call; "
-              f"VirtualService patched +{patched_at - verdict_at:.3f}s; "
-              f"all 4 messages received +{messaged_at - verdict_at:.3f}s")  # fmt: skip
+    record_property(
+        "summary",
+        f"[actions] verdict answered {verdict_at - began:.3f}s after the call; "
+        f"VirtualService patched +{patched_at - verdict_at:.3f}s; "
+        f"all 4 messages received +{messaged_at - verdict_at:.3f}s",
+    )
 
     # Untouched: the other route and every field we do not own.
     vs = emulator.get_object("networking.istio.io/v1", "virtualservices", NS, "errors")

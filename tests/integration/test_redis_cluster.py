@@ -122,7 +122,7 @@ BURST = 48
 
 
 def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
-    world, redis_cluster, capsys
+    world, redis_cluster, record_property
 ):
     stack, _emulator, receivers, _ = world.parts
     world.reset()
@@ -164,10 +164,11 @@ def test_a_master_failover_mid_burst_loses_no_analysis_and_repeats_no_action(
         final = list(phases)
 
     retried = sum(seen.count(Phase.ERROR) for seen in answered.values())
-    with capsys.disabled():
-        print(f"\n[failover] {in_flight_at_failover}/{BURST} calls unanswered when the fail-over "
-              f"began, {in_flight_after} when it ended; {retried} answered Error and were "
-              f"retried")  # fmt: skip
+    record_property(
+        "summary",
+        f"[failover] {in_flight_at_failover}/{BURST} calls unanswered when the fail-over "
+        f"began, {in_flight_after} when it ended; {retried} answered Error and were retried",
+    )
     assert victim not in redis_cluster.masters() and promoted in redis_cluster.masters()
     assert in_flight_at_failover > 0, "the burst was over before the fail-over began"
     # 0 lost: every rollout got its verdict (after Argo's retries, if a call answered Error).
