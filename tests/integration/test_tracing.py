@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -103,7 +104,11 @@ def complete_trace(receiver, analysis_id: str) -> list[ReceivedSpan]:
         names = [s.name for s in trace_of(spans)]
         return min(names.count("chat.deliver"), names.count(NOTIFY_TASK)) >= CHAT_TARGETS
 
-    receiver.wait_for(complete)
+    try:
+        receiver.wait_for(complete)
+    except AssertionError as exc:
+        names = Counter(s.name for s in trace_of(receiver.spans))
+        raise AssertionError(f"{exc}; in the analysis' trace: {sorted(names.items())}") from None
     return trace_of(receiver.spans)
 
 

@@ -11,6 +11,7 @@ import gzip
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class _Store:
             if predicate(spans):
                 return spans
             if time.monotonic() > deadline:
-                names = sorted({s.name for s in spans})
+                names = sorted(Counter(s.name for s in spans).items())
                 raise AssertionError(f"spans never matched within {timeout}s; got {names}")
             time.sleep(0.1)
 
