@@ -58,6 +58,9 @@ def world(stack_factory, prometheus, tmp_path_factory, receiver):
             **OTEL,
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "ROLLOUT_ANALYZER_PROMETHEUS_TOKEN": PROMETHEUS_TOKEN,
+            # A test finds the id of Argo's analysis by asking again (Argo reads only the
+            # verdict): inside the reuse window however slow the host, not the world's 1 s.
+            "ROLLOUT_ANALYZER_REUSE_SECONDS": "60",
         },
     )
     yield built
