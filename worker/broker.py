@@ -191,11 +191,15 @@ class Channel(kombu_redis.Channel):
             # Redis answers 0 when that client is not blocked: its BRPOP was answered already
             # (the reply waits on its socket), or Redis has not read it yet, as when the slot
             # frees just as the BRPOP is sent. Only the latter is asked again, briefly.
-            give_up = time.monotonic() + UNBLOCK_RETRY_FOR_SECONDS
+            # The window runs from Redis' first answer: a slow first round trip (a connection
+            # made, a busy host) must not use it up before anyone asked again.
+            give_up: float | None = None
             while not self._create_client().execute_command("CLIENT", "UNBLOCK", capped):
                 if brpop is None or self._in_poll is not brpop or _has_reply(brpop):
                     return
-                if time.monotonic() > give_up:
+                now = time.monotonic()
+                give_up = give_up or now + UNBLOCK_RETRY_FOR_SECONDS
+                if now > give_up:
                     return  # Redis is that slow: the BRPOP ends at its own timeout
                 time.sleep(UNBLOCK_RETRY_SECONDS)
         except redis.ResponseError as exc:  # NOPERM: fall back to short timeouts

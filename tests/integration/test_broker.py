@@ -179,12 +179,14 @@ def test_follow_ups_still_flow_where_an_acl_refuses_client_unblock(redis_flushed
         kv.close()
 
 
+@pytest.mark.parametrize("first_trip_seconds", [0.0, 0.03], ids=["quick", "slow-first-trip"])
 def test_a_capped_brpop_redis_reads_after_the_unblock_still_ends_at_once(
-    redis_flushed, monkeypatch
+    redis_flushed, monkeypatch, first_trip_seconds
 ):
     """A follow-up ends just as the capped BRPOP is sent, and CLIENT UNBLOCK reaches Redis
     before the BRPOP does: Redis answers that nobody is blocked. Asked again once the BRPOP is
-    read, it ends it; otherwise chat waits for the BRPOP's own timeout (0.5 s)."""
+    read, it ends it; otherwise chat waits for the BRPOP's own timeout (0.5 s). A first round
+    trip slower than the retries' window (a busy host: 30 ms against 20) still gets its retry."""
     options = {MEMORY_ACK_QUEUES: [ANALYSES], FOLLOWUP_SLOTS: 1}
     kv = redis.Redis.from_url(redis_flushed.url)
     connection = Connection(redis_flushed.url, transport=TRANSPORT, transport_options=options)
@@ -211,6 +213,16 @@ def test_a_capped_brpop_redis_reads_after_the_unblock_still_ends_at_once(
 
         clock = SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=pause_then_brpop)
         monkeypatch.setattr("worker.broker.time", clock)
+        unblocker = channel._create_client()
+        asked = unblocker.execute_command
+
+        def slow_first_trip(*args: object) -> object:
+            if args[:2] == ("CLIENT", "UNBLOCK") and unblocks() == before:
+                time.sleep(first_trip_seconds)
+            return asked(*args)
+
+        monkeypatch.setattr(unblocker, "execute_command", slow_first_trip)
+        monkeypatch.setattr(channel, "_create_client", lambda: unblocker)
         channel.followup_ended()  # no follow-up held: under the cap of one
         assert sent == [1], "the first CLIENT UNBLOCK found the BRPOP, or none was retried"
         with pytest.raises(Empty):  # ended as if timed out: nothing was taken
