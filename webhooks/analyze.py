@@ -169,16 +169,16 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
     result = (record or {}).get("result")
     describe_request(request, spec, claim, result if status == "done" else None)
     page = ctx.page_of(request, claim.analysis_id)
-    if status == "done" and not isinstance(result, dict):  # its stored result is corrupt
-        return error(
-            503,
-            "store",
-            "the stored result of this analysis cannot be read; a call after its reuse window "
-            "starts a new analysis",
-            analysis_id=claim.analysis_id,
-            report_url=page,
-        )
     if status == "done":
+        if not isinstance(result, dict) or not isinstance(result.get("verdict"), str):
+            return error(  # its stored result is corrupt
+                503,
+                "store",
+                "the stored result of this analysis cannot be read; a call after its reuse "
+                "window starts a new analysis",
+                analysis_id=claim.analysis_id,
+                report_url=page,
+            )
         text = (record or {}).get(RESULT_TEXT)
         return finished(ctx, spec, claim, result, page, raw_key, text)
     if status == "error":
@@ -299,7 +299,7 @@ def finished(
     """A done analysis (its answer: the result and its page): count it, remember a
     latest-window answer for its reuse window. `text`: the result's JSON as the worker wrote
     it (from the completion message), answered as it is."""
-    verdict = result.get("verdict")
+    verdict: str = result["verdict"]
     metrics = ctx.metrics
     metrics.verdicts.labels(verdict).inc()
     if claim.is_new:

@@ -238,6 +238,10 @@ def test_a_corrupt_stored_result_is_named_never_a_server_error(stack, prometheus
             assert shown.status_code == 200 and "result of this analysis cannot be read" in (
                 shown.text
             )
+            # Readable, but not a result: no verdict to answer Argo with.
+            kv.hset(record, "result", codec.pack(codec.dumps({"summary": "no verdict"})))
+            again = client.post("/v1/analyze", json=body)
+            assert again.status_code == 503 and again.json()["field"] == "store", again.text
         finally:
             if claim:
                 kv.delete(claim)
