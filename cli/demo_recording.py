@@ -60,7 +60,11 @@ def build() -> dict[str, Any]:
                 (CANARY, side(rng, c_rps, c_err, c_median)),
                 (BASELINE, side(rng, b_rps, b_err, 0.050)),
             ):
-                entry = {"service": service, "namespace": NAMESPACE, "selector": selector}
+                entry: dict[str, object] = {
+                    "service": service,
+                    "namespace": NAMESPACE,
+                    "selector": selector,
+                }
                 entry |= {"window_seconds": WINDOW, "time": t, **counts}
                 entries.append(entry)
     description = (

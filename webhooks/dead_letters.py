@@ -70,7 +70,9 @@ def router(ctx: WebhookContext) -> APIRouter:
             return error(503, "store", UNREACHABLE)
         return JSONResponse({"dead_letters": [json.loads(item) for item in raw]})
 
-    accepted = {202: {"model": RetryAccepted, "description": "retries queued"}}
+    accepted: dict[int | str, dict[str, Any]] = {
+        202: {"model": RetryAccepted, "description": "retries queued"}
+    }
 
     @routes.post(
         "/v1/dead-letters/retry",

@@ -174,12 +174,12 @@ def build_runtime(settings: Settings) -> Runtime:
         import fakeredis
 
         server = fakeredis.FakeServer()
-        client = fakeredis.FakeAsyncRedis(server=server)
+        fake = fakeredis.FakeAsyncRedis(server=server)
         sync_store = Store(
             fakeredis.FakeRedis(server=server), settings.key_prefix, settings.retention()
         )
-        store = AsyncStore(client, settings.key_prefix)
-        return Runtime(client, store, InProcessDispatcher(settings, sync_store), "in-process")
+        store = AsyncStore(fake, settings.key_prefix)
+        return Runtime(fake, store, InProcessDispatcher(settings, sync_store), "in-process")
     client = _state_client(settings)
     store = AsyncStore(client, settings.key_prefix)
     broker = None

@@ -232,8 +232,8 @@ class Channel(kombu_redis.Channel):
             others = [q for q in self.active_queues if q not in self.memory_ack_queues]
             if analyses and others:
                 # Every list of the analysis queues, then the others' first (traffic actions).
-                keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in analyses]
-                keys += [self._q_for_pri(q, 0) for q in others]
+                keys = [self._queue_key(q, pri) for pri in self.priority_steps for q in analyses]
+                keys += [self._queue_key(q, 0) for q in others]
                 client_id = (
                     None if self._unblock_refused else self._client_id(self.client.connection)
                 )
@@ -247,10 +247,14 @@ class Channel(kombu_redis.Channel):
                 return
         super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
 
+    def _queue_key(self, queue: str, priority: int) -> str:
+        """The list kombu keeps `queue`'s messages of `priority` on."""
+        return str(self._q_for_pri(queue, priority))  # type: ignore[no-untyped-call]
+
     def _brpop_keys(self, keys: list[str], timeout: float) -> None:
         """kombu's `_brpop_start` on these lists alone."""
         self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's None
         command = ["BRPOP", *keys, timeout]
         if self.global_keyprefix:
             command = self.client._prefix_args(command)

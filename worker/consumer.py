@@ -28,6 +28,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             self.hub is not None
             and getattr(p, "__name__", "") == "ack_log_error"
             and isinstance(qos, QoS)
+            and message is not None
             and qos.kept_in_memory(message.delivery_tag)
         ):
             p(*args, **kwargs)

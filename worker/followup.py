@@ -268,7 +268,7 @@ class Followup:
         """Mark the step done, then write `records` as the list they name (kept as long as
         the analysis they belong to), if this worker still holds the step."""
         step_key = self._step_key(event_id, step)
-        args = [token, json.dumps(outcome), EVENT_TTL_SECONDS]
+        args: list[str | int] = [token, json.dumps(outcome), EVENT_TTL_SECONDS]
         if not self._step_done(keys=[step_key], args=args):
             return False
         if records and records[1]:

@@ -187,7 +187,7 @@ def execute(
     lease_seconds: float,
     reuse_seconds: float,
     budget_seconds: float,
-    after: Callable[[dict[str, Any]], None] | None = None,
+    after: Callable[[dict[str, Any]], object] | None = None,
     sequences: SequenceStore | None = None,
     history: History | None = None,
     hint: Hint | None = None,
@@ -279,7 +279,7 @@ def skipped(
     analysis_id: str,
     state: str,
     found: dict[str, Any] | None,
-    after: Callable[[dict[str, Any]], None] | None,
+    after: Callable[[dict[str, Any]], object] | None,
     history: History | None,
 ) -> str:
     """An analysis START did not start here: done, taken, superseded, error or missing."""
@@ -308,7 +308,7 @@ def compute(
     lease_seconds: float,
     reuse_seconds: float,
     budget_seconds: float,
-    after: Callable[[dict[str, Any]], None] | None,
+    after: Callable[[dict[str, Any]], object] | None,
     sequences: SequenceStore | None,
     history: History | None,
 ) -> str:

@@ -86,6 +86,6 @@ class AsyncScript(_Lua):
 
     async def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await self.client.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.client.eval(self.source, len(keys), *keys, *args)

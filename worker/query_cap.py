@@ -121,7 +121,7 @@ class QueryCap:
             return lambda: None
         connection = pool.get_connection()
         try:
-            connection.send_command("ZREM", self.key, holder)
+            connection.send_command("ZREM", self.key, holder)  # type: ignore[no-untyped-call]
         except BaseException:
             pool.release(connection)  # a failed send has closed the connection already
             raise

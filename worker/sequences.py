@@ -64,7 +64,7 @@ class SequenceStore:
         return f"{self.prefix}seq:{{{seq_id}}}"
 
     def load(self, seq_id: str) -> tuple[Sequence | None, int]:
-        raw: dict[Any, Any] = self.redis.hgetall(self.key(seq_id))  # type: ignore[assignment]
+        raw: dict[Any, Any] = self.redis.hgetall(self.key(seq_id))
         if not raw:
             return None, 0
         fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}

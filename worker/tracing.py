@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
@@ -340,7 +341,7 @@ def _untraced(scope: MutableMapping[str, Any]) -> bool:
     return scope.get("path") in UNTRACED_PATHS
 
 
-def webhook_telemetry() -> dict[str, Any]:
+def webhook_telemetry() -> TelemetryConfig:
     """Set tracing up for the webhook (idempotent) and return `FastAPI(telemetry=...)`.
 
     FastAPI (>= 0.165) opens the HTTP server span itself, by the semantic conventions, with the

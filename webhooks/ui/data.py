@@ -58,6 +58,15 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+# redis-py types every reply as any reply; a sorted set's are these.
+def _members(reply: Any) -> list[bytes]:
+    return list(reply)
+
+
+def _scored(reply: Any) -> list[tuple[bytes, float]]:
+    return list(reply)
+
+
 class UiData:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.redis = client
@@ -83,7 +92,7 @@ class UiData:
         return AnalysisView(record, [json.loads(a) for a in raw_actions], event, polls)
 
     async def polls(self, key: str) -> list[dict[str, Any]]:
-        raw = await self.redis.zrange(f"{self.history}polls:{key}", 0, -1)
+        raw = _members(await self.redis.zrange(f"{self.history}polls:{key}", 0, -1))
         return [read_summary(member) for member in raw]
 
     async def timeline(self, key: str, revisions_of: str | None) -> TimelineView:
@@ -92,8 +101,13 @@ class UiData:
         events = [e for e in [await self._event(_text(i)) for i in ids] if e is not None]
         revisions: list[tuple[str, float, dict[str, Any] | None]] = []
         if revisions_of:
-            found = await self.redis.zrevrange(
-                f"{self.history}revisions:{revisions_of}", 0, RECENT_REVISIONS - 1, withscores=True
+            found = _scored(
+                await self.redis.zrevrange(
+                    f"{self.history}revisions:{revisions_of}",
+                    0,
+                    RECENT_REVISIONS - 1,
+                    withscores=True,
+                )
             )
             revisions = [(_text(k), float(s), await self.last_poll(_text(k))) for k, s in found]
         return TimelineView(key, polls, events, revisions)
@@ -103,12 +117,14 @@ class UiData:
         return _text(found[0]) if found else None
 
     async def last_poll(self, key: str) -> dict[str, Any] | None:
-        raw = await self.redis.zrange(f"{self.history}polls:{key}", -1, -1)
+        raw = _members(await self.redis.zrange(f"{self.history}polls:{key}", -1, -1))
         return read_summary(raw[0]) if raw else None
 
     async def rollouts(self) -> list[tuple[str, float, dict[str, Any] | None]]:
-        found = await self.redis.zrevrange(
-            f"{self.history}rollouts", 0, RECENT_ROLLOUTS - 1, withscores=True
+        found = _scored(
+            await self.redis.zrevrange(
+                f"{self.history}rollouts", 0, RECENT_ROLLOUTS - 1, withscores=True
+            )
         )
         return [(_text(k), float(s), await self.last_poll(_text(k))) for k, s in found]
 
