@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy analysis worker webhooks cli
+	$(VENV)/bin/mypy analysis worker webhooks cli tests
 
 # Two pytest processes, each with its own Redis, Prometheus and Redis Cluster; a module's tests
 # stay on one (they share its services). TEST_PROCESSES=0 runs the suite in this process.

@@ -13,15 +13,23 @@ import time
 from collections.abc import Iterator
 from queue import Empty
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 
 from tests.support.procs import RedisServer, wait_for
 from tests.support.service import Worker, service_env
-from worker.broker import ANALYSES_ONLY_SECONDS, FOLLOWUP_SLOTS, MEMORY_ACK_QUEUES, TRANSPORT
+from worker.broker import (
+    ANALYSES_ONLY_SECONDS,
+    FOLLOWUP_SLOTS,
+    MEMORY_ACK_QUEUES,
+    TRANSPORT,
+    Channel,
+)
 from worker.task_names import ANALYZE_TASK, REDELIVER_TASK
 
 ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
@@ -190,7 +198,7 @@ def test_a_capped_brpop_redis_reads_after_the_unblock_still_ends_at_once(
     options = {MEMORY_ACK_QUEUES: [ANALYSES], FOLLOWUP_SLOTS: 1}
     kv = redis.Redis.from_url(redis_flushed.url)
     connection = Connection(redis_flushed.url, transport=TRANSPORT, transport_options=options)
-    channel = connection.default_channel
+    channel = cast(Channel, connection.default_channel)  # TRANSPORT's channel
     try:
         client = channel.client  # the BRPOP's: the poller gives it its own connection
         brpop = client.connection = client.connection_pool.get_connection()
@@ -227,10 +235,13 @@ def test_a_capped_brpop_redis_reads_after_the_unblock_still_ends_at_once(
         assert sent == [1], "the first CLIENT UNBLOCK found the BRPOP, or none was retried"
         with pytest.raises(Empty):  # ended as if timed out: nothing was taken
             channel._brpop_read()
-        waited = time.monotonic() - channel._brpop_sent_at
+        # kombu declares _brpop_sent_at as None; the BRPOP's send set it to a monotonic time.
+        waited = time.monotonic() - cast(float, channel._brpop_sent_at)
         assert waited < ANALYSES_ONLY_SECONDS / 2, f"the BRPOP ran {waited:.3f}s, to its timeout"
         assert unblocks() - before >= 2
     finally:
-        channel._in_poll = None  # closing would wait for the reply of a BRPOP never sent
+        # Closing would wait for the reply of a BRPOP never sent. (kombu declares _in_poll as a
+        # bool and sets None itself.)
+        channel._in_poll = None  # type: ignore[assignment]
         connection.release()
         kv.close()

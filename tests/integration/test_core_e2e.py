@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import math
 import time
+from typing import cast
 from urllib.parse import urlencode
 
 import httpx
@@ -224,8 +225,9 @@ def test_a_corrupt_stored_result_is_named_never_a_server_error(stack, prometheus
         record, claim = Keys("ra:core:").record(analysis_id), None
         try:
             claim = kv.hget(record, "claim")
+            assert claim is not None
             kv.pexpire(claim, 60_000)  # a reuse window long enough for this test
-            assert kv.hget(record, "result").startswith(codec.MARK)
+            assert cast(bytes, kv.hget(record, "result")).startswith(codec.MARK)
             kv.hset(record, "result", codec.MARK + b"\x78\x01 cut short")
             stored = client.get(f"/v1/analyses/{analysis_id}")
             assert stored.status_code == 200, stored.text

@@ -4,6 +4,7 @@ overlay too, as they render every kustomization)."""
 
 from __future__ import annotations
 
+import click
 import pytest
 
 from cli.main import worker as worker_command
@@ -40,6 +41,7 @@ def test_analysis_and_follow_up_workers_split_the_queues_between_them() -> None:
         "analyses", "followups",
     )  # fmt: skip
     (option,) = [p for p in worker_command.params if p.name == "which"]
+    assert isinstance(option.type, click.Choice)
     assert {"analyses", "followups"} <= set(option.type.choices)  # what the CLI accepts
     # Same settings, hence the same queue names and Redis, for both.
     analysis_env = container_environment(objects, ANALYSIS)

@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import threading
 import time
+from typing import cast
 
 import httpx
 import pytest
@@ -47,7 +48,7 @@ def lease_holder(stack, analysis_id_prefix: str = "") -> str | None:
     client = redis.Redis.from_url(stack.env["ROLLOUT_ANALYZER_REDIS_URL"])
     prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
     for key in client.scan_iter(f"{prefix}{{*}}lease:{analysis_id_prefix}*"):
-        holder = client.get(key)
+        holder = cast(bytes | None, client.get(key))  # `client` decodes no responses
         if holder:
             return holder.decode()
     return None
@@ -67,7 +68,9 @@ def test_worker_killed_mid_analysis_argo_still_gets_the_verdict_and_one_action(
 
             def kill_the_holder() -> None:
                 wait_for(lambda: lease_holder(world.stack) is not None, 10, "an analysis to start")
-                pid = int(lease_holder(world.stack).rsplit(":", 1)[1])
+                holder = lease_holder(world.stack)
+                assert holder is not None
+                pid = int(holder.rsplit(":", 1)[1])
                 victim = next(w for w in world.stack.workers if w.pid == pid)
                 victim.kill()  # SIGKILL, the whole worker
                 killed.append(victim.name)

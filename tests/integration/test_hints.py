@@ -10,7 +10,7 @@ import hashlib
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -62,7 +62,9 @@ def claim(url: str, request: dict[str, Any] = REQUEST, cap: Any = CAP) -> tuple[
                 new_id=new_id, task=(QUEUE, message),
                 task_slot=(slot, *hint.slot_marker()) if slot else None,
             )  # fmt: skip
-            pushed = json.loads(await client.lindex(QUEUE, 0))
+            pushed_text = await client.lindex(QUEUE, 0)
+            assert pushed_text is not None
+            pushed = json.loads(pushed_text)
         finally:
             await client.aclose()
         # What the worker reads: Celery's request carries the message's headers.
@@ -87,7 +89,7 @@ def port_of(url: str) -> int:
 
 
 def holders(url: str) -> list[bytes]:
-    return list(redis.Redis.from_url(url).zrange(CAP[0], 0, -1))
+    return list(cast(list[bytes], redis.Redis.from_url(url).zrange(CAP[0], 0, -1)))
 
 
 def redis_ms(url: str) -> float:
@@ -157,6 +159,11 @@ class Seen:
         self.asked.set()
         return observation
 
+    def observe_range(
+        self, spec: Any, start: float, end: float, step: float, seconds: Any = None
+    ) -> Any:
+        raise NotImplementedError("no replays here")
+
 
 def test_the_query_goes_out_before_starts_answer_is_read(url):
     """START's reply is held back by a proxy until the query has been made: a worker that
@@ -193,7 +200,7 @@ def test_start_sent_ahead_runs_before_the_query_on_a_redis_without_our_scripts(u
     kv = redis.Redis.from_url(url)
     kv.script_flush()
     lease = Store(kv, PREFIX).keys.lease(analysis_id)
-    held_during_query: list[bytes | None] = []
+    held_during_query: list[bytes | str | None] = []
     source = Seen()
     source.meanwhile = lambda: held_during_query.append(kv.get(lease))
     assert run(Store(redis.Redis.from_url(url), PREFIX), analysis_id, source, hint) == "done"
@@ -213,12 +220,14 @@ def test_an_analysis_another_worker_holds_is_queried_but_nothing_is_written(url)
     store = Store(kv, PREFIX)
     assert store.begin(analysis_id, "w-first", 30)[0] == "started"
     cap = QueryCap(kv, CAP[0], CAP[1])
-    source, handed_on = Seen(), []
+    source = Seen()
+    handed_on: list[dict[str, Any]] = []
     sequences = SequenceStore(kv, PREFIX, 3600)
     got = run(store, analysis_id, CappedSource(source, cap), hint, worker="w-second",
               sequences=sequences, handed_on=handed_on)  # fmt: skip
     assert got == "taken" and source.queries == 1
     record = store.record(analysis_id)
+    assert record is not None
     assert (record["status"], record["worker"]) == ("running", "w-first")
     assert handed_on == [] and holders(url) == []
     live = spec_of(REQUEST)
@@ -231,10 +240,14 @@ def test_a_done_analysis_delivered_again_is_offered_to_the_follow_up_not_recorde
     store, cap = Store(kv, PREFIX), QueryCap(kv, CAP[0], CAP[1])
     handed_on: list[dict[str, Any]] = []
     assert run(store, analysis_id, CappedSource(Seen(), cap), hint, handed_on=handed_on) == "done"
-    finished_at = store.record(analysis_id)["finished_at"]
+    record = store.record(analysis_id)
+    assert record is not None
+    finished_at = record["finished_at"]
     again = run(store, analysis_id, CappedSource(Seen(), cap), hint, worker="w2",
                 handed_on=handed_on)  # fmt: skip
-    assert again == "done" and store.record(analysis_id)["finished_at"] == finished_at
+    assert again == "done"
+    record = store.record(analysis_id)
+    assert record is not None and record["finished_at"] == finished_at
     assert [r["analysis_id"] for r in handed_on] == [analysis_id, analysis_id]
     assert holders(url) == []
 
@@ -304,7 +317,8 @@ def test_a_slot_is_given_back_only_in_a_cap_of_ours(url):
 def test_only_a_first_delivery_sends_its_query_ahead(url, change):
     _, hint = claim(url)
     header = {hints.HEADER: hint.header(), "retries": 0}
-    assert hints.read(header).ahead
+    first = hints.read(header)
+    assert first is not None and first.ahead
     again = hints.read({**header, **change})
     assert again is not None and not again.ahead and again.slot == hint.slot
 
@@ -328,7 +342,7 @@ def test_a_message_that_waited_has_start_answer_first_and_keep_the_claims_slot(u
         store = Store(redis.Redis.from_url(proxy.url), PREFIX)
         assert run(store, analysis_id, CappedSource(source, cap), stale) == "done"
         assert proxy.held == [(start, False)]  # the query waited for START
-    assert seen == [[hint.slot.encode()]] and holders(url) == []
+    assert hint.slot is not None and seen == [[hint.slot.encode()]] and holders(url) == []
 
 
 def test_a_malformed_hint_is_no_hint(url):

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import httpx
@@ -226,7 +227,12 @@ class Elapsing:
         return self.now
 
 
-def sender(redis_client: redis.Redis, targets: list[ChatTarget], **options: object) -> ChatSender:
+def clock_of(chat: ChatSender) -> Elapsing:
+    """The holds' clock `sender` gave `chat`."""
+    return cast(Elapsing, chat.holds.clock)
+
+
+def sender(redis_client: redis.Redis, targets: list[ChatTarget], **options: Any) -> ChatSender:
     options.setdefault("holds", TargetHolds(clock=Elapsing()))
     return ChatSender(
         redis_client, "t:", {t.name: t for t in targets}, httpx.Client(timeout=5), **options
@@ -235,13 +241,14 @@ def sender(redis_client: redis.Redis, targets: list[ChatTarget], **options: obje
 
 def until_settled(chat: ChatSender, step: str, target: str, note: Notification) -> tuple:
     """Run attempts as the Celery task would, each after its countdown; (outcome, countdowns)."""
-    attempt, countdowns = 1, []
+    attempt = 1
+    countdowns: list[float] = []
     while True:
         try:
             return chat.send(step, target, note, attempt, rate_key="prod/payments"), countdowns
         except RetryLater as later:
             countdowns.append(later.countdown)
-            chat.holds.clock.now += later.countdown
+            clock_of(chat).now += later.countdown
             attempt = later.attempt
 
 
@@ -254,7 +261,9 @@ def test_two_server_errors_then_success_delivers_once(
     assert outcome == "delivered"
     assert receivers.hits("slack") == 3 and len(receivers.accepted("slack")) == 1
     assert len(countdowns) == 2 and 0 < countdowns[0] < countdowns[1] <= 60
-    assert json.loads(redis_client.get("t:step:1"))["attempts"] == 3
+    stored = redis_client.get("t:step:1")
+    assert stored is not None
+    assert json.loads(stored)["attempts"] == 3
 
 
 def test_retry_after_is_the_countdown_and_is_capped(
@@ -301,7 +310,7 @@ def test_a_retry_after_holds_the_target_for_every_message(
     assert len({held.countdown for held in later}) > 1
     assert redis_client.get("t:step:h2-0") == b"retry:2"
 
-    chat.holds.clock.now += 2.0  # 3 s of the hold left
+    clock_of(chat).now += 2.0  # 3 s of the hold left
     with pytest.raises(RetryLater) as held:
         chat.send("t:step:h2-0", "slack-ops", verdict(), 2)
     assert 3.0 <= held.value.countdown <= 3.0 * (1 + SPREAD) and receivers.hits("slack") == 1
@@ -312,7 +321,7 @@ def test_a_retry_after_holds_the_target_for_every_message(
     assert entry["result"]["reason"].startswith("HTTP 429")
 
     # Once the hold is over, the next message asks; the service is back and takes it.
-    chat.holds.clock.now += 5.0
+    clock_of(chat).now += 5.0
     receivers.always("slack", None)
     assert chat.send("t:step:h3", "slack-ops", verdict(), 1) == "delivered"
     assert receivers.hits("slack") == 3

@@ -110,6 +110,12 @@ def promql(prometheus, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def known(value: float | None) -> float:
+    """A value the arithmetic needs: Prometheus answered with a sample."""
+    assert value is not None
+    return value
+
+
 def run_template(stack, service: str) -> dict[str, tuple[Phase, int]]:
     """Each metric's phase and how many measurements Argo took to reach it."""
     args = {
@@ -158,8 +164,8 @@ def expected_values(prometheus, metric: str, sel: str, requests: str, buckets: s
         )
         return None if value is None else value * unit
     return {
-        "http_success_rate": lambda: 100 * (1 - promql(prometheus, f"({errors}) / {total}")),
-        "http_error_rate": lambda: 100 * promql(prometheus, f"({errors}) / {total}"),
+        "http_success_rate": lambda: 100 * (1 - known(promql(prometheus, f"({errors}) / {total}"))),
+        "http_error_rate": lambda: 100 * known(promql(prometheus, f"({errors}) / {total}")),
         "http_request_rate": lambda: promql(prometheus, f"{total} / 300"),
         "error_budget_burn_rate": lambda: promql(prometheus, f"({errors}) / {total} / 0.001"),
     }[metric]()

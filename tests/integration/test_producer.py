@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ PER_MESSAGE = {"id", "root_id", "origin", "correlation_id", "delivery_tag", "rep
 def pushed(client: redis.Redis, queue: str) -> dict:
     raw = client.rpop(queue)
     assert raw is not None, "nothing was pushed"
-    message = json.loads(raw)
+    message = json.loads(cast(bytes, raw))  # one element: RPOP without a count
     message["body"] = json.loads(base64.b64decode(message["body"]))
     return message
 
@@ -114,7 +115,7 @@ def test_chat_goes_on_the_list_send_task_gives_its_priority(redis_flushed):
     app = make_celery(settings)
     client = redis.Redis.from_url(redis_flushed.url)
     app.send_task(REDELIVER_TASK, args=["e1"], queue="ra-chat", priority=CHAT_PRIORITY)
-    (key,) = [k.decode() for k in client.keys("ra-chat*")]
+    (key,) = [k.decode() for k in cast(list[bytes], client.keys("ra-chat*"))]
     assert key != "ra-chat"  # kombu's own list for that priority
     theirs = pushed(client, key)
 
@@ -124,7 +125,7 @@ def test_chat_goes_on_the_list_send_task_gives_its_priority(redis_flushed):
         await async_client.aclose()
 
     asyncio.run(enqueue())
-    assert [k.decode() for k in client.keys("ra-chat*")] == [key]
+    assert [k.decode() for k in cast(list[bytes], client.keys("ra-chat*"))] == [key]
     ours = pushed(client, key)
     assert ours["body"][0] == ["e2"]
     assert ours["properties"]["priority"] == theirs["properties"]["priority"] == CHAT_PRIORITY

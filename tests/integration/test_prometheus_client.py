@@ -170,7 +170,8 @@ def test_the_retry_happens_only_once_and_only_on_a_reused_connection(served):
         query(http)
     # The reused connection and exactly one fresh one: two requests, no third.
     assert (server.connections, len(server.requests)) == (2, 3)
-    assert http.transport.idle == 0  # the broken ones were not given back
+    # The broken ones were not given back.
+    assert isinstance(http.transport, DirectPool) and http.transport.idle == 0
     with pytest.raises(TransportError):
         query(http)  # a fresh connection failing is not retried here (the source's retries are)
     assert (server.connections, len(server.requests)) == (3, 4)
@@ -186,7 +187,7 @@ def test_a_timeout_on_a_reused_connection_is_not_retried_at_once(served):
         query(http, timeout=0.5)
     assert time.monotonic() - began < 0.9  # one timeout waited out, not two
     assert len(server.requests) == 2
-    assert http.transport.idle == 0
+    assert isinstance(http.transport, DirectPool) and http.transport.idle == 0
 
 
 @contextmanager
@@ -279,4 +280,4 @@ def test_threads_share_the_pool_and_it_keeps_at_most_pool_size(prometheus, monke
     monkeypatch.setattr(prometheus_http, "POOL_SIZE", 2)
     small = PrometheusSource(PrometheusConfig(url=prometheus.url, max_attempts=1))
     assert in_threads(small, prometheus, threads=8, each=20) == totals
-    assert small._http.transport.idle <= 2
+    assert isinstance(small._http.transport, DirectPool) and small._http.transport.idle <= 2

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
 from analysis.observation import Observation, SideCounts
+from analysis.request import AnalysisSpec
 from analysis.sources import SourceError
 from worker.query_cap import CappedSource, QueryCap, QueryCapReached, cap_key
 from worker.store import AsyncStore, Store
 
 URL = "http://prometheus.example:9090"
+# The spec the fake source (_Slow) is asked about: it never reads it.
+NO_SPEC = cast(AnalysisSpec, None)
 
 
 @pytest.fixture
@@ -119,12 +123,12 @@ def test_capped_source_holds_a_slot_only_while_querying(client):
     cap = make_cap(client, limit=1)
     inner = _Slow(cap)
     source = CappedSource(inner, cap)
-    observation = source.observe(None, 1000.0, time.monotonic() + 5)
-    source.observe_range(None, 0.0, 60.0, 15.0)
+    observation = source.observe(NO_SPEC, 1000.0, time.monotonic() + 5)
+    source.observe_range(NO_SPEC, 0.0, 60.0, 15.0)
     assert observation.time == 1000.0
     assert inner.seen_holders == [1, 1]
     assert cap.holders() == 0
-    assert source.latest_time(None, 50.0) == 49.0
+    assert source.latest_time(NO_SPEC, 50.0) == 49.0
     assert source.name == "prometheus"
 
 
@@ -133,7 +137,7 @@ def test_capped_source_fails_the_query_when_no_slot_comes_free(client):
     assert cap.try_acquire("someone-else")
     inner = _Slow(cap)
     with pytest.raises(SourceError, match="busy"):
-        CappedSource(inner, cap).observe(None, 1000.0, time.monotonic() + 0.2)
+        CappedSource(inner, cap).observe(NO_SPEC, 1000.0, time.monotonic() + 0.2)
     assert inner.seen_holders == []
 
 
@@ -177,9 +181,9 @@ def test_start_takes_the_query_slot_in_the_same_script_and_the_query_uses_it(cli
     assert cap.holders() == 1  # the slot is the analysis' own from START on
     inner = _Slow(cap)
     with CappedSource(inner, cap).holding(held) as source:
-        source.observe(None, 1000.0, time.monotonic() + 5)  # no second slot: the cap is 1
+        source.observe(NO_SPEC, 1000.0, time.monotonic() + 5)  # no second slot: the cap is 1
         assert cap.holders() == 0  # given back when the query answered, as always
-        source.observe(None, 1001.0, time.monotonic() + 5)  # a second query takes its own
+        source.observe(NO_SPEC, 1001.0, time.monotonic() + 5)  # a second query takes its own
     assert inner.seen_holders == [1, 1]
     assert cap.holders() == 0
 
@@ -215,7 +219,7 @@ def test_the_slot_start_took_is_free_when_the_query_answers_without_waiting_for_
     _, _, held = store.begin(analysis_id, "w1", 30, cap.request())
     pool = cap.redis.connection_pool
     with CappedSource(_Slow(cap), cap).holding(held) as source:
-        source.observe(None, 1000.0, time.monotonic() + 5)
+        source.observe(NO_SPEC, 1000.0, time.monotonic() + 5)
         assert len(pool._in_use_connections) == 1  # the release's reply, not read yet
         assert make_cap(client, limit=1).try_acquire("the-next-analysis")  # its slot is free
     assert len(pool._in_use_connections) == 0
@@ -230,7 +234,10 @@ def test_a_holder_taking_its_slot_again_keeps_one_slot_for_a_new_lease(client):
     cap = make_cap(client, limit=1, lease_seconds=30)
     assert cap.try_acquire("the-analysis")
     first = cap.redis.zscore(cap.key, "the-analysis")
+    assert first is not None
     time.sleep(0.01)
     assert cap.try_acquire("the-analysis")  # the cap is full, but the slot is its own
-    assert cap.holders() == 1 and cap.redis.zscore(cap.key, "the-analysis") > first
+    assert cap.holders() == 1
+    second = cap.redis.zscore(cap.key, "the-analysis")
+    assert second is not None and second > first
     assert not cap.try_acquire("someone-else")

@@ -72,7 +72,7 @@ def followup(redis_flushed, tmp_path: Path) -> Iterator[Followup]:
         client.set(built.keys.event(EVENT), json.dumps(event))
         yield built
         client.close()
-        api.close()  # type: ignore[no-untyped-call]
+        api.close()
 
 
 def canary_weight(followup: Followup) -> int:
@@ -91,7 +91,7 @@ def test_a_redone_step_up_lands_on_the_weight_its_event_chose(followup):
     assert canary_weight(followup) == 40  # not 50: the step is not taken twice
     assert redo[0]["status"] == "unchanged"
     assert redo[0]["to_weights"]["primary"] == {"canary": 40, "stable": 60}
-    assert len(followup.emulator.requests_for("patch")) == 1  # type: ignore[attr-defined]
+    assert len(followup.emulator.requests_for("patch")) == 1
 
 
 def test_a_step_up_redone_after_someone_moved_the_weights_still_aims_at_the_events_weight(
@@ -105,7 +105,7 @@ def test_a_step_up_redone_after_someone_moved_the_weights_still_aims_at_the_even
         vs["spec"]["http"][0]["route"][0]["weight"] = 65
         vs["spec"]["http"][0]["route"][1]["weight"] = 35
 
-    followup.emulator.modify_object(*VS, set_35)  # type: ignore[attr-defined]
+    followup.emulator.modify_object(*VS, set_35)
     followup.act(EVENT)
     assert canary_weight(followup) == 40
 

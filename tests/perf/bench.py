@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -284,7 +285,7 @@ def thread_client(url: str) -> Callable[[], PrometheusConnect]:
     def get() -> PrometheusConnect:
         if not hasattr(local, "client"):
             local.client = PrometheusConnect(url=url, disable_ssl=True)
-        return local.client  # type: ignore[no-any-return]
+        return local.client
 
     return get
 
@@ -398,7 +399,7 @@ def measure_burst(stack: Stack) -> dict[str, Any]:
     webhook_pid = stack.webhook.pid or 0
     rss = {
         "webhook": Sampler(lambda: rss_mb(webhook_pid), 0.1),
-        **{w.name: Sampler(lambda pid=w.pid: rss_mb(pid or 0), 0.1) for w in stack.workers},
+        **{w.name: Sampler(functools.partial(rss_mb, w.pid or 0), 0.1) for w in stack.workers},
     }
     queries_before = stack.promql_queries()
     worker_pids = [w.pid or 0 for w in stack.workers]

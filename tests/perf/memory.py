@@ -34,7 +34,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -68,7 +68,11 @@ def capped_bytes(kv: redis.Redis, prefix: str) -> int:
 
 def latest_bytes(kv: redis.Redis, prefix: str) -> tuple[int, int]:
     """MEMORY USAGE of each identity's latest analysis (what `latest:` points at), and how many."""
-    ids = [kv.get(key) for key in kv.scan_iter(f"{prefix}{{*}}latest:*", count=1000)]
+    # `kv` decodes no responses: bytes.
+    ids = [
+        cast(bytes | None, kv.get(key))
+        for key in kv.scan_iter(f"{prefix}{{*}}latest:*", count=1000)
+    ]
     records = [Keys(prefix).record(i.decode()) for i in ids if i]
     pipe = kv.pipeline(transaction=False)
     for record in records:

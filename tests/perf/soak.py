@@ -229,7 +229,11 @@ def main() -> int:
     # Production's reuse window (15 s): every 30 s poll of the latest window is a fresh analysis.
     with stack_running({"ROLLOUT_ANALYZER_REUSE_SECONDS": "15"}) as stack:
         report = asyncio.run(soak(stack))
-    result = {"rollouts": ROLLOUTS, "minutes": MINUTES, "interval_seconds": INTERVAL}
+    result: dict[str, Any] = {
+        "rollouts": ROLLOUTS,
+        "minutes": MINUTES,
+        "interval_seconds": INTERVAL,
+    }
     result |= {"per_minute": report, "verdict": verdict(report)}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))

@@ -210,7 +210,7 @@ def power_rows(trials: int, canary_from: float = -240.0) -> list[str]:
             rng = np.random.default_rng(2000 + 10 * index + int(share * 10))
             total = 2 * per_side
             b = Side(total * (1 - share))
-            c = Side(total * share, **change)  # type: ignore[arg-type]
+            c = Side(total * share, **change)
             hits = {name: 0 for name in ("sequential", "fixed", "legacy", "oracle")}
             for _ in range(trials):
                 for name, out in rollout(rng, c, b, canary_from).items():

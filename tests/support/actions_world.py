@@ -23,7 +23,7 @@ NS = "shop"
 DINGTALK_SECRET = "SECdingtalk-signing-secret"
 FEISHU_SECRET = "feishu-signing-secret"
 
-VIRTUAL_SERVICE = {
+VIRTUAL_SERVICE: dict[str, Any] = {
     "apiVersion": "networking.istio.io/v1",
     "kind": "VirtualService",
     "metadata": {"name": "errors", "namespace": NS},
@@ -48,7 +48,7 @@ VIRTUAL_SERVICE = {
 }
 
 # The same canary behind a Gateway API HTTPRoute: weights are relative (sum 1000 here).
-HTTP_ROUTE = {
+HTTP_ROUTE: dict[str, Any] = {
     "apiVersion": "gateway.networking.k8s.io/v1",
     "kind": "HTTPRoute",
     "metadata": {"name": "errors", "namespace": NS},

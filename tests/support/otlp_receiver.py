@@ -188,7 +188,7 @@ class OtlpGrpcReceiver(_Store):
         self.port = free_port()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         add_service = trace_service_pb2_grpc.add_TraceServiceServicer_to_server
-        add_service(Service(), self._server)  # type: ignore[no-untyped-call]
+        add_service(Service(), self._server)
         self._server.add_insecure_port(f"127.0.0.1:{self.port}")
 
     @property

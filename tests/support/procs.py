@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05
 ) -> None:
     """Poll `predicate` until it is true; raise TimeoutError naming `what` after `timeout` s.
 

@@ -148,7 +148,7 @@ def kube_client(emulator: K8sEmulator, tmp_path: Path) -> Iterator[client.ApiCli
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", emulator.url, emulator.token)
     api_client = api_client_from_settings(str(kubeconfig), in_cluster=False, context=None)
     yield api_client
-    api_client.close()  # type: ignore[no-untyped-call]
+    api_client.close()
 
 
 def canonical(obj: Any) -> str:

@@ -86,7 +86,8 @@ def test_the_stored_result_is_packed_and_every_reader_gets_it_back(kv, redis_flu
     assert announced is not None
     assert (announced["status"], announced["result"]) == ("done", RESULT)
     assert json.loads(announced[RESULT_TEXT]) == RESULT
-    assert Store(kv).record(analysis_id)["result"] == RESULT
+    stored = Store(kv).record(analysis_id)
+    assert stored is not None and stored["result"] == RESULT
 
     async def webhook_reads() -> tuple:
         client = aioredis.from_url(redis_flushed.url)
@@ -107,7 +108,8 @@ def test_the_stored_result_is_packed_and_every_reader_gets_it_back(kv, redis_flu
 def test_a_record_written_by_the_previous_version_still_reads(kv):
     key = Keys("ra:").record("a" * 32)
     kv.hset(key, mapping={"id": "a" * 32, "status": "done", "result": json.dumps(RESULT)})
-    assert Store(kv).record("a" * 32)["result"] == RESULT
+    record = Store(kv).record("a" * 32)
+    assert record is not None and record["result"] == RESULT
 
 
 def test_a_corrupt_field_is_null_and_named_and_the_page_says_so(kv):
@@ -119,6 +121,7 @@ def test_a_corrupt_field_is_null_and_named_and_the_page_says_so(kv):
         | {"result": codec.MARK + b"\x78\x01 truncated"},
     )
     record = Store(kv).record("b" * 32)
+    assert record is not None
     assert record["result"] is None and record["spec"] == spec
     assert "stored value is corrupt" in record["unreadable"]["result"]
     html = page("analysis.html", **analysis_context(

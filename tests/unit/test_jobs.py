@@ -42,15 +42,26 @@ class InterruptedSource:
     def latest_time(self, spec: AnalysisSpec, now: float) -> float:
         return self.source.latest_time(spec, now)
 
-    def observe(self, spec: AnalysisSpec, end: float, deadline: float | None = None) -> Observation:
-        observation = self.source.observe(spec, end, deadline)
+    def observe(
+        self,
+        spec: AnalysisSpec,
+        end: float,
+        deadline: float | None = None,
+        seconds: float | None = None,
+    ) -> Observation:
+        observation = self.source.observe(spec, end, deadline, seconds)
         self.meanwhile()
         return observation
 
     def observe_range(
-        self, spec: AnalysisSpec, start: float, end: float, step: float
+        self,
+        spec: AnalysisSpec,
+        start: float,
+        end: float,
+        step: float,
+        seconds: float | None = None,
     ) -> list[Observation]:
-        return self.source.observe_range(spec, start, end, step)
+        return self.source.observe_range(spec, start, end, step, seconds)
 
 
 @pytest.fixture
@@ -167,7 +178,7 @@ def test_a_refused_renewal_stops_the_worker(world):
         renewals.append(original_renew(*args))
         return renewals[-1]
 
-    store.renew = renew  # type: ignore[method-assign]
+    store.renew = renew
 
     def lease_taken_and_wait() -> None:
         store.redis.set(store.keys.lease(analysis_id), "w2")
@@ -211,7 +222,7 @@ def test_a_done_analysis_is_on_its_rollouts_timeline_once_written_with_its_resul
         return outcome
 
     polls = f"ra:history:polls:{rollout_key({**REQUEST})}"
-    store.finish = finish_and_look  # type: ignore[method-assign]
+    store.finish = finish_and_look
     assert run(store, analysis_id, "w1", source, [], history=history) == "done"
     assert lines == [1]
     assert run(store, analysis_id, "w2", source, [], history=history) == "done"  # redelivered

@@ -23,7 +23,6 @@ from tests.support.crd_schema import (
     validator_for,
 )
 from tests.support.k8s_emulator import (
-    SCHEMAS_DIR,
     VIRTUAL_SERVICE_CRD,
     K8sEmulator,
     PatchApplyError,
@@ -32,6 +31,7 @@ from tests.support.k8s_emulator import (
     apply_merge_patch,
     write_kubeconfig,
 )
+from tests.support.reference_data import SCHEMAS_DIR
 
 VS_LIST = "/apis/networking.istio.io/v1/namespaces/shop/virtualservices"
 VS = f"{VS_LIST}/reviews"
@@ -477,7 +477,7 @@ def test_the_real_kubernetes_client_reaches_it(
     emulator: K8sEmulator, created: dict[str, Any], tmp_path: Path
 ) -> None:
     kubeconfig = write_kubeconfig(tmp_path / "config", emulator.url, emulator.token)
-    api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
     api = client.CustomObjectsApi(api_client)
 
     fetched = api.get_namespaced_custom_object(

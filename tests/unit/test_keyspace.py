@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from typing import cast
 
 import fakeredis
 import pytest
@@ -62,7 +63,8 @@ def test_the_scripts_run_with_their_keys_declared_in_one_slot():
     )
     assert store.start(claim.analysis_id, "w", 5) == "started"
     store.finish(claim.analysis_id, "w", status="done", payload={"v": 1}, reuse_seconds=5)
-    written = [k.decode() for k in store.redis.keys("ra:*") if not k.endswith(b"workers")]
+    keys = cast(list[bytes], store.redis.keys("ra:*"))  # FakeRedis decodes no responses
+    written = [k.decode() for k in keys if not k.endswith(b"workers")]
     assert written and len(slots(*written)) == 1, written
 
 
@@ -101,7 +103,9 @@ def test_a_verdict_recorded_before_the_upgrade_is_not_announced_again():
     assert followup(client).on_verdict(RESULT) is None  # same verdict: no event
     event_id = followup(client).on_verdict({**RESULT, "analysis_id": "c" * 32, "verdict": "fail"})
     assert event_id == "shop/checkout@4#2"  # the count goes on from the old state
-    assert json.loads(client.get(KEYS.event(event_id)))["previous"] == "pass"
+    event = client.get(KEYS.event(event_id))
+    assert event is not None
+    assert json.loads(event)["previous"] == "pass"
 
 
 def test_an_event_queued_before_the_upgrade_is_still_found():

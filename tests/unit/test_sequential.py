@@ -55,7 +55,7 @@ def test_a_regression_likelihood_ratio_has_mean_one_when_the_canary_is_no_worse(
 def test_an_slo_likelihood_ratio_has_mean_at_most_one_within_the_allowance():
     n, allowed = 400, 0.001
     xs = np.arange(n + 1)
-    log_lrs = np.array([absolute_log_lrs(x, n, allowed) for x in xs])
+    log_lrs = np.array([absolute_log_lrs(float(x), n, allowed) for x in xs])
     for p in (allowed, allowed / 2, 0.0):
         log_pmf = stats.binom.logpmf(xs, n, p)[:, None]
         assert np.all(np.exp(log_pmf + log_lrs).sum(axis=0) <= 1.0 + 1e-9)
@@ -141,6 +141,7 @@ def test_the_sequence_survives_its_json_round_trip():
     for poll in polls:
         state = advance(stored, poll, POLICY).sequence.to_json()
         stored = Sequence.from_json(state)
+    assert stored is not None
     assert stored.to_json() == direct.sequence.to_json()
 
 

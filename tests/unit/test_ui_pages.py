@@ -10,11 +10,13 @@ import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import fakeredis
 import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
+from starlette.requests import Request
 
 import analysis
 from analysis.durations import format_time
@@ -209,8 +211,9 @@ def test_bucket_shares_turn_cumulative_counts_into_shares():
     assert dipped == pytest.approx({"0.1": 0.5, "0.5": 0.0, "1.0": 0.4, "+Inf": 0.1})
 
 
-def _request(headers: dict[str, str]) -> SimpleNamespace:
-    return SimpleNamespace(headers={k.lower(): v for k, v in headers.items()})
+def _request(headers: dict[str, str]) -> Request:
+    # A stand-in for Starlette's request: UiAuth reads only its headers.
+    return cast(Request, SimpleNamespace(headers={k.lower(): v for k, v in headers.items()}))
 
 
 def basic(user: str, password: str) -> dict[str, str]:

@@ -77,6 +77,7 @@ def test_a_finished_analysis_comes_back_at_once(url):
     store, analysis_id = running_analysis(url)
     store.finish(analysis_id, "w1", status="done", payload={"verdict": "fail"}, reuse_seconds=15)
     record = with_waiter(url, lambda waiter, _: waiter.wait(analysis_id, 5))
+    assert record is not None
     assert record["status"] == "done" and record["result"] == {"verdict": "fail"}
 
 
@@ -84,6 +85,7 @@ def test_an_error_is_final_too(url):
     store, analysis_id = running_analysis(url)
     store.finish(analysis_id, "w1", status="error", payload={"error": "boom"}, reuse_seconds=15)
     record = with_waiter(url, lambda waiter, _: waiter.wait(analysis_id, 5))
+    assert record is not None
     assert record["status"] == "error" and record["error"] == {"error": "boom"}
 
 
@@ -94,6 +96,7 @@ def test_an_unknown_analysis_is_none(url):
 def test_when_time_runs_out_the_last_record_seen_comes_back(url):
     _store, analysis_id = running_analysis(url)
     record = with_waiter(url, lambda waiter, _: waiter.wait(analysis_id, 0.3))
+    assert record is not None
     assert record["status"] == "running"
 
 
