@@ -15,7 +15,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Every dependency publishes binary wheels for amd64 and arm64: no compiler, even here.
 COPY . .
-RUN pip wheel --wheel-dir /wheels ".${EXTRAS}"
+# constraints.txt: the versions the test suite passed on (`make lock`).
+RUN pip wheel --wheel-dir /wheels -c constraints.txt ".${EXTRAS}"
 
 # --- runtime: the wheels installed into a clean interpreter, run as an unprivileged user -----
 FROM ${PYTHON_IMAGE} AS runtime

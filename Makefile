@@ -4,15 +4,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench verdicts soak system-deps clean
+.PHONY: demo test lint typecheck unit integration bench verdicts soak system-deps clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[test]'
+# constraints.txt: the exact versions the suite passed on (`make lock` writes it from
+# pyproject.toml's ranges).
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+lock: $(PY)
+	$(PY) -m tests.support.lockfile
 
 # redis-server, redis-cli (the test Redis Cluster), prometheus and promtool are real processes in
 # the tests, chromium loads the report pages in them; install them when missing.
