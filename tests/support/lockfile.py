@@ -11,15 +11,17 @@ that the two agree.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "constraints.txt"
 TARGET = ".[test]"  # the test extra includes every other extra (otlp-grpc)
+OWN = "rollout-analyzer"  # the project itself: installed from the tree, never pinned
 
 HEADER = f"""\
 # The versions `make test` installs (pip install -c constraints.txt -e '{TARGET}'), and the
@@ -36,17 +38,16 @@ def resolve() -> dict[str, str]:
         argv += ["--ignore-installed", "--report", str(report), "-e", TARGET]
         subprocess.run(argv, cwd=REPO, check=True)
         items = json.loads(report.read_text())["install"]
-    own = "rollout-analyzer"
     return {
         normalize(item["metadata"]["name"]): item["metadata"]["version"]
         for item in items
-        if normalize(item["metadata"]["name"]) != own
+        if normalize(item["metadata"]["name"]) != OWN
     }
 
 
 def normalize(name: str) -> str:
     """PEP 503: the name pip and the index compare."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return str(canonicalize_name(name))
 
 
 def render(pins: dict[str, str]) -> str:
@@ -57,7 +58,7 @@ def render(pins: dict[str, str]) -> str:
 
 def read(text: str) -> dict[str, str]:
     """`name==version` lines of a constraints file, comments and blanks skipped."""
-    pins = {}
+    pins: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:

@@ -9,9 +9,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.support.lockfile import LOCK, REPO, normalize, read
-
-OWN = "rollout-analyzer"
+from tests.support.lockfile import LOCK, OWN, REPO, normalize, read
 
 
 def requirements() -> list[Requirement]:
