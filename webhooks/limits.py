@@ -70,7 +70,10 @@ class BodyLimit:
 
 
 async def reject(scope: Scope, send: Any, status: int, field: str, message: str) -> None:
-    body = json.dumps({"error": f"{field}: {message}", "field": field, "message": message})
+    body = json.dumps(
+        {"error": f"{field}: {message}", "field": field, "message": message},
+        separators=(",", ":"),  # the same bytes as every other error answer (webhooks/errors.py)
+    )
     # What the request log line says about it (webhooks/app.py's Observe writes that line).
     scope.setdefault("state", {})["log"] = {"rejected": f"{field}: {message}"}
     await send(

@@ -140,6 +140,11 @@ def test_bodies_refused_by_the_limits_are_logged_and_counted_like_the_rest(hosti
     with stack.client() as client:
         too_big = client.post("/v1/analyze", content=b'{"service": "' + b"x" * 70_000 + b'"}')
     assert too_big.status_code == 413
+    # The one error shape, written as every other error answer is (compact JSON).
+    assert too_big.content == (
+        b'{"error":"body: is larger than 65536 bytes","field":"body",'
+        b'"message":"is larger than 65536 bytes"}'
+    )
     host, port = stack.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         head = (
