@@ -390,6 +390,21 @@ def measure_dedup(stack: Stack) -> dict[str, Any]:
     }
 
 
+def logged_refusals(stack: Stack, most: int = 3) -> list[str]:
+    """Distinct warnings of the webhook's log (its store errors say what Redis did)."""
+    seen: list[str] = []
+    for line in stack.webhook.logs().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") == "warning":
+            text = f"{entry.get('message')}: {entry.get('error', '')}"[:200]
+            if text not in seen:
+                seen.append(text)
+    return seen[:most]
+
+
 def measure_burst(stack: Stack) -> dict[str, Any]:
     """Items 5, 7, 9: BURST distinct rollouts at once, memory and Prometheus' in-flight gauge."""
     run = uuid.uuid4().hex[:6]
@@ -425,6 +440,9 @@ def measure_burst(stack: Stack) -> dict[str, Any]:
         "errors": sum(status not in (200, "timeout") for status in statuses),
         "timeouts": statuses.count("timeout"),
         "status_counts": {str(k): statuses.count(k) for k in set(statuses)},
+        # What the webhook logged for the refusals (a "503 store" may be a lost connection, a
+        # timed-out reply or a pool with no connection free): the first few distinct ones.
+        "refusals_logged": logged_refusals(stack) if len(ok) < BURST else [],
         "p50": pct(ok, 0.5) if ok else float("nan"),
         "p99": pct(ok, 0.99) if ok else float("nan"),
         "promql_queries": stack.promql_queries() - queries_before,
@@ -622,6 +640,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
     )
     # What the failures were, when there are any (a status code, or the client's error).
     failed = {k: n for k, n in b.get("status_counts", {}).items() if k != "200"}
+    for refusal in b.get("refusals_logged", []):
+        print(f"burst refusal logged by the webhook: {refusal}")
     add(
         "5. burst: errors / timeouts (Argo 10 s)",
         f"{b['errors']} / {b['timeouts']}" + (f" {failed}" if b["errors"] else ""),

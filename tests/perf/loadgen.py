@@ -14,7 +14,17 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-Result = tuple[float, int | str, str]  # (seconds, status or "timeout"/"error:…", analysis id)
+Result = tuple[float, int | str, str]  # (seconds, 200 / "503 store" / "timeout" / "error:…", id)
+
+
+def refused(status: int, answer: bytes) -> int | str:
+    """A refusal named by the field its error answer gives (`503 store`, `503 analysis`), so a
+    bench's error count says what failed; the bare status where the body names none."""
+    try:
+        field = json.loads(answer).get("field")
+    except (ValueError, AttributeError):
+        return status
+    return f"{status} {field}" if isinstance(field, str) else status
 
 
 async def post_json(
@@ -27,7 +37,7 @@ async def post_json(
     ).encode() + payload
     began = time.perf_counter()
 
-    async def exchange() -> tuple[int, str]:
+    async def exchange() -> tuple[int | str, str]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(request)
@@ -37,8 +47,9 @@ async def post_json(
             headers = dict(
                 (k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in lines[1:])
             )
-            await reader.readexactly(int(headers.get("content-length", "0")))
-            return status, headers.get("x-analysis-id", "")
+            answer = await reader.readexactly(int(headers.get("content-length", "0")))
+            named = status if status == 200 else refused(status, answer)
+            return named, headers.get("x-analysis-id", "")
         finally:
             writer.close()
 
