@@ -251,12 +251,13 @@ def accepted_connections(prometheus) -> float:
     raise AssertionError("no net_conntrack_listener_conn_accepted_total in /metrics")
 
 
-def in_threads(source: PrometheusSource, prometheus, threads: int, each: int) -> list[float]:
+def in_threads(
+    source: PrometheusSource, prometheus, threads: int, each: int, end: float
+) -> list[float]:
     scenario = prometheus.scenarios["errors"]
     body = {"service": scenario.service, "namespace": scenario.namespace,
             "canary": "6d4f8b7c9a", "baseline": "5c8d7e6f4b"}  # fmt: skip
     spec = resolve(parse_request(body), PolicySet.load(None))
-    end = time.time() - 120
 
     def work(_: int) -> list[float]:
         return [source.observe(spec, end).canary.total for _ in range(each)]
@@ -270,7 +271,9 @@ def test_threads_share_the_pool_and_it_keeps_at_most_pool_size(prometheus, monke
     pool = source._http.transport
     assert isinstance(pool, DirectPool) and pool.size == prometheus_http.POOL_SIZE
     before = accepted_connections(prometheus)
-    totals = in_threads(source, prometheus, threads=8, each=20)
+    # One window for both pools: a window that moved between them could cross a sample.
+    end = time.time() - 120
+    totals = in_threads(source, prometheus, threads=8, each=20, end=end)
     assert len(totals) == 160 and len(set(totals)) == 1 and totals[0] > 0
     # Never more connections than threads at once, all kept for the next queries.
     assert accepted_connections(prometheus) - before <= 8 + 1  # + the second /metrics read
@@ -279,5 +282,5 @@ def test_threads_share_the_pool_and_it_keeps_at_most_pool_size(prometheus, monke
     # A pool smaller than the threads: connections beyond it are closed when given back.
     monkeypatch.setattr(prometheus_http, "POOL_SIZE", 2)
     small = PrometheusSource(PrometheusConfig(url=prometheus.url, max_attempts=1))
-    assert in_threads(small, prometheus, threads=8, each=20) == totals
+    assert in_threads(small, prometheus, threads=8, each=20, end=end) == totals
     assert isinstance(small._http.transport, DirectPool) and small._http.transport.idle <= 2
