@@ -111,10 +111,13 @@ def test_histogram_quantile_reads_the_log_normal_latencies(prometheus: Prometheu
 def test_buckets_are_monotonic_in_le_and_count_equals_inf_bucket(
     prometheus: PrometheusServer,
 ) -> None:
-    buckets = instant(prometheus, 'http_request_duration_seconds_bucket{service="tail"}')
-    counts = instant(prometheus, 'http_request_duration_seconds_count{service="tail"}')
+    at = time.time()  # one instant for the three reads: a later one may see a newer sample
+    buckets = instant(prometheus, 'http_request_duration_seconds_bucket{service="tail"}', at)
+    counts = instant(prometheus, 'http_request_duration_seconds_count{service="tail"}', at)
     requests = instant(
-        prometheus, 'sum by (rollouts_pod_template_hash) (http_requests_total{service="tail"})'
+        prometheus,
+        'sum by (rollouts_pod_template_hash) (http_requests_total{service="tail"})',
+        at,
     )
     totals = by_side(requests, "rollouts_pod_template_hash")
     for side in (CANARY_HASH, BASELINE_HASH):
