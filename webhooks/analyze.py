@@ -30,6 +30,7 @@ from webhooks.context import STORE_ERRORS, WebhookContext
 from webhooks.errors import error
 from webhooks.recent import Answer as RecentAnswer
 from webhooks.schemas import AnalysisAnswer, answers, inline_refs
+from webhooks.waiting import Expected
 from worker import codec, hints, tracing
 from worker.keyspace import new_analysis_id
 from worker.store import RESULT_TEXT, Claim
@@ -198,7 +199,7 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
 
 async def claim_and_enqueue(
     ctx: WebhookContext, spec: AnalysisSpec
-) -> tuple[Claim, asyncio.Future[dict[str, Any] | None] | None] | None:
+) -> tuple[Claim, Expected | None] | None:
     """The analysis' claim, and for a new one (enqueued) the wait for its completion, begun
     before the enqueue; None: the queue could not take it.
 
@@ -227,12 +228,12 @@ async def claim_and_enqueue(
             task_slot=task_slot,
         )
     except BaseException as exc:
-        ctx.waiter.forget(new_id, expected)
+        ctx.waiter.forget(new_id, expected.future)
         if task is None and isinstance(exc, STORE_ERRORS):
             await settle_lost_claim(ctx, identity, new_id)
         raise
     if not claim.is_new:
-        ctx.waiter.forget(new_id, expected)
+        ctx.waiter.forget(new_id, expected.future)
         ctx.metrics.dedup_hits.inc()
         return claim, None
     if task is not None:
@@ -241,7 +242,7 @@ async def claim_and_enqueue(
         enqueued = rt.dispatcher.enqueue(ANALYZE_TASK, [claim.analysis_id])
         await asyncio.wait_for(enqueued, settings.wait_seconds / 2)
     except Exception as exc:
-        ctx.waiter.forget(claim.analysis_id, expected)
+        ctx.waiter.forget(claim.analysis_id, expected.future)
         await rt.store.abandon(identity, claim.analysis_id, "enqueue failed")
         ctx.metrics.store_errors.inc()
         log.warning("enqueue failed", extra={"error": str(exc)[:200]})

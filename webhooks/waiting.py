@@ -2,8 +2,12 @@
 
 A waiter registers before it checks the record, so a completion between the check and the
 wait is never missed; one registered before its analysis is enqueued needs no check at all.
-The completion message carries the outcome, so no second read follows; a waiter also re-reads
-the record every second, in case a message was lost while Redis reconnected.
+The completion message carries the outcome, so no second read follows.
+
+A message can be lost only while the subscription is down, or, on a cluster, between nodes.
+So a waiter reads the record again only when it may have missed one: no subscription now, a
+new one since it last looked (one came down in between), or a cluster under it (one read a
+second); and once when its time runs out, whatever happened.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,16 +25,32 @@ from worker.store import AsyncStore, decode_completion
 
 log = logging.getLogger("rollout_analyzer.webhook")
 FINAL = ("done", "error")
+TICK_SECONDS = 1.0  # how often a waiter asks itself whether it may have missed a message
+
+# A future's result: the final record from the completion message (None: read it).
+Announced = asyncio.Future[dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A wait begun before the enqueue: its future, and the subscription then (None: none)."""
+
+    future: Announced
+    since: int | None
 
 
 class CompletionWaiter:
     def __init__(self, client: aioredis.Redis, store: AsyncStore) -> None:
         self.client = client
         self.store = store
-        # A future's result: the final record from the completion message (None: read it).
-        self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
+        self._waiters: dict[str, list[Announced]] = {}
         self._task: asyncio.Task[None] | None = None
         self._node: aioredis.Redis | None = None  # a cluster node's connection, subscribed
+        # The live subscription's number (each new one gets the next), None while there is none.
+        self._live: int | None = None
+        self._subscriptions = 0
+        # A cluster relays a PUBLISH between nodes, where a message can be lost unseen by us.
+        self._relayed = isinstance(client, AsyncRedisCluster)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="completion-listener")
@@ -51,14 +72,19 @@ class CompletionWaiter:
                 pubsub = (await self._node_client(attempt)).pubsub()
                 await pubsub.psubscribe(self.store.keys.done_pattern)
                 async for message in pubsub.listen():
+                    if message.get("type") == "psubscribe":  # confirmed: messages flow from here
+                        self._subscriptions += 1
+                        self._live = self._subscriptions
                     if message.get("type") != "pmessage":
                         continue
                     channel = message["channel"]
                     channel = channel.decode() if isinstance(channel, bytes) else channel
                     self._wake(channel.removeprefix(prefix), message["data"])
             except asyncio.CancelledError:
+                self._live = None
                 raise
             except Exception as exc:  # Redis went away: waiters fall back to polling
+                self._live = None
                 log.warning("completion listener reconnecting", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(0.5)
 
@@ -87,14 +113,21 @@ class CompletionWaiter:
             if not future.done():
                 future.set_result(record)
 
-    def expect(self, analysis_id: str) -> asyncio.Future[dict[str, Any] | None]:
-        """Listen for an analysis about to be enqueued: it cannot finish before this, so its
-        first wait needs no read of the record (pass the future to `wait`)."""
-        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+    def _register(self, analysis_id: str) -> Announced:
+        future: Announced = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(analysis_id, []).append(future)
         return future
 
-    def forget(self, analysis_id: str, future: asyncio.Future[dict[str, Any] | None]) -> None:
+    def _may_have_missed(self, since: int | None) -> bool:
+        """Whether a message may have been lost since the subscription was `since`."""
+        return self._relayed or self._live is None or self._live != since
+
+    def expect(self, analysis_id: str) -> Expected:
+        """Listen for an analysis about to be enqueued: it cannot finish before this, so its
+        first wait needs no read of the record (pass this to `wait`)."""
+        return Expected(self._register(analysis_id), self._live)
+
+    def forget(self, analysis_id: str, future: Announced) -> None:
         waiting = self._waiters.get(analysis_id)
         if waiting and future in waiting:
             waiting.remove(future)
@@ -102,35 +135,34 @@ class CompletionWaiter:
                 del self._waiters[analysis_id]
 
     async def wait(
-        self,
-        analysis_id: str,
-        timeout: float,
-        expected: asyncio.Future[dict[str, Any] | None] | None = None,
+        self, analysis_id: str, timeout: float, expected: Expected | None = None
     ) -> dict[str, Any] | None:
-        """The record once final, or the last record seen when time runs out."""
+        """The record once final, or the record read when time runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         record: dict[str, Any] | None = None
-        while True:
-            if expected is not None:  # registered before the enqueue: nothing to read yet
-                future, expected = expected, None
-                fresh = True
-            else:
-                future = loop.create_future()
-                self._waiters.setdefault(analysis_id, []).append(future)
-                fresh = False
-            try:
-                if not fresh:
+        if expected is not None:  # registered before the enqueue: nothing to read yet
+            future, since, read = expected.future, expected.since, False
+        else:
+            future, since, read = self._register(analysis_id), None, True
+        try:
+            while True:
+                if read:
+                    since = self._live  # before the read: a message after it is not lost
                     record = await self.store.record(analysis_id)
                     if record is None or record.get("status") in FINAL:
                         return record
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return record if not fresh else await self.store.record(analysis_id)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(1.0, remaining)):
+                    return record if read else await self.store.record(analysis_id)
+                try:
+                    async with asyncio.timeout(min(TICK_SECONDS, remaining)):
                         announced = await asyncio.shield(future)
-                    if announced is not None and announced.get("status") in FINAL:
-                        return {**(record or {}), **announced}
-            finally:
-                self.forget(analysis_id, future)
+                except TimeoutError:
+                    read = self._may_have_missed(since) or loop.time() >= deadline
+                    continue
+                if announced is not None and announced.get("status") in FINAL:
+                    return {**(record or {}), **announced}
+                future, read = self._register(analysis_id), True  # unreadable: look instead
+        finally:
+            self.forget(analysis_id, future)

@@ -1,6 +1,6 @@
 """Waiting for an analysis (webhooks/waiting.py) on a real redis-server: a finished record comes
-back at once, a completion while waiting wakes every waiter, a lost message costs at most a
-re-read, and time running out gives the last record seen."""
+back at once, a completion while waiting wakes every waiter, a live subscription spares the
+re-reads, a lost message costs at most a re-read, and time running out gives the record then."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from tests.support.procs import RedisServer
 from webhooks.waiting import CompletionWaiter
 from worker.store import RESULT_TEXT, AsyncStore, Store
 
@@ -26,11 +27,14 @@ def url(redis_flushed) -> str:
 
 
 def with_waiter(url: str, body: Callable[[CompletionWaiter, AsyncStore], Awaitable[T]], *,
-                listen: bool = True) -> T:  # fmt: skip
+                listen: bool = True, listen_url: str | None = None) -> T:  # fmt: skip
+    """`listen_url`: subscribe on another Redis than the store's (one that hears nothing)."""
+
     async def run() -> T:
         client = aioredis.from_url(url)
+        listener = aioredis.from_url(listen_url) if listen_url else client
         store = AsyncStore(client)
-        waiter = CompletionWaiter(client, store)
+        waiter = CompletionWaiter(listener, store)
         if listen:
             await waiter.start()
             await asyncio.sleep(0.1)  # the subscription is in place
@@ -39,6 +43,7 @@ def with_waiter(url: str, body: Callable[[CompletionWaiter, AsyncStore], Awaitab
         finally:
             await waiter.stop()
             await client.aclose()
+            await listener.aclose()
 
     return asyncio.run(run())
 
@@ -60,6 +65,11 @@ def running_analysis(url: str) -> tuple[Store, str]:
     store = Store(redis.Redis.from_url(url))
     assert store.start(analysis_id, "w1", 30) == "started"
     return store, analysis_id
+
+
+def hgetalls(kv: redis.Redis) -> int:
+    """Records read since the last CONFIG RESETSTAT (FINISH reads none)."""
+    return int(kv.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
 
 
 def finish_later(store: Store, analysis_id: str, after: float) -> threading.Thread:
@@ -148,8 +158,7 @@ def test_a_wait_begun_before_the_enqueue_reads_nothing(url):
         "result": {"verdict": "pass"},
         RESULT_TEXT: '{"verdict":"pass"}',
     }
-    reads = kv.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
-    assert reads == 0
+    assert hgetalls(kv) == 0
 
 
 def test_a_wait_begun_before_the_enqueue_still_reads_when_no_message_comes(url):
@@ -164,3 +173,71 @@ def test_a_wait_begun_before_the_enqueue_still_reads_when_no_message_comes(url):
     record = with_waiter(url, body, listen=False)
     assert record is not None and record["status"] == "done"
     assert record["result"] == {"verdict": "pass"}
+
+
+def test_a_live_subscription_spares_the_re_reads(url):
+    """A wait of 2.5 s reads the record once, at its start: the subscription held, so no
+    completion can have been missed (it used to read once a second)."""
+    store, analysis_id = running_analysis(url)
+    kv = redis.Redis.from_url(url)
+    kv.config_resetstat()
+
+    async def body(waiter: CompletionWaiter, _: AsyncStore) -> dict[str, Any] | None:
+        thread = finish_later(store, analysis_id, 2.5)
+        record = await waiter.wait(analysis_id, 10)
+        thread.join()
+        return record
+
+    record = with_waiter(url, body)
+    assert record is not None and record["status"] == "done"
+    assert hgetalls(kv) == 1
+
+
+def test_a_subscription_lost_mid_wait_makes_the_waiter_look_again(url):
+    """The listener's connection is killed and the analysis finishes before it subscribes again:
+    its message reached no one. The new subscription tells the waiter to read, and it answers
+    long before its deadline."""
+    store, analysis_id = running_analysis(url)
+    kv = redis.Redis.from_url(url)
+
+    async def body(waiter: CompletionWaiter, _: AsyncStore) -> tuple[dict[str, Any] | None, float]:
+        expected = waiter.expect(analysis_id)
+        began = time.monotonic()
+        waiting = asyncio.create_task(waiter.wait(analysis_id, 20, expected))
+        await asyncio.sleep(0.3)
+        assert kv.client_kill_filter(_type="pubsub") == 1
+        listeners = kv.pubsub_numpat()
+        store.finish(
+            analysis_id, "w1", status="done", payload={"verdict": "fail"}, reuse_seconds=15
+        )
+        record = await waiting
+        assert listeners == 0  # the message was published to no one
+        return record, time.monotonic() - began
+
+    record, seconds = with_waiter(url, body)
+    assert record is not None and record["status"] == "done"
+    assert record["result"] == {"verdict": "fail"}
+    assert seconds < 10  # found by a read after the new subscription, not at the deadline
+
+
+def test_a_message_lost_unseen_is_found_when_time_runs_out(url, tmp_path):
+    """A subscription that looks live but hears nothing (here: on another Redis; in life a
+    half-open connection): the waiter reads once more at its deadline and answers the outcome."""
+    store, analysis_id = running_analysis(url)
+    kv = redis.Redis.from_url(url)
+    deaf = RedisServer(work_dir=tmp_path / "deaf").start()
+    try:
+        kv.config_resetstat()
+
+        async def body(waiter: CompletionWaiter, _: AsyncStore) -> dict[str, Any] | None:
+            expected = waiter.expect(analysis_id)
+            thread = finish_later(store, analysis_id, 0.2)
+            record = await waiter.wait(analysis_id, 2.5, expected)
+            thread.join()
+            return record
+
+        record = with_waiter(url, body, listen_url=deaf.url)
+    finally:
+        deaf.kill()
+    assert record is not None and record["status"] == "done"
+    assert hgetalls(kv) == 1  # that one read, at the deadline
