@@ -4,12 +4,15 @@
 process with `py-spy record --format raw` during the load, and prints, per process, the functions
 with the most samples (inclusive, and as the leaf). Raw files stay in .bench/profile/.
 Needs py-spy (`pip install 'py-spy>=0.4,<0.5'`); it is not needed by `make bench`.
+Knobs: PROFILE_CALLS (200 sequential fresh analyses), PROFILE_RATE (250 samples a second),
+PROFILE_TOP (25 inclusive lines per process; half as many self lines, at least 12).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -31,19 +34,22 @@ from tests.perf.bench import (
 )
 
 OUT = REPO / ".bench" / "profile"
+CALLS = int(os.environ.get("PROFILE_CALLS", "200"))
+RATE = int(os.environ.get("PROFILE_RATE", "250"))
+TOP = int(os.environ.get("PROFILE_TOP", "25"))
 
 
 def record(pid: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
     path = OUT / f"{name}.txt"
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     # --gil: only samples holding the GIL, i.e. CPU spent in Python, not threads waiting.
-    argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--gil"]
+    argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", str(RATE), "--gil"]
     argv += ["-o", str(path)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, path
 
 
-def summarize(path: Path, top: int = 25) -> str:
+def summarize(path: Path, top: int = TOP) -> str:
     inclusive: collections.Counter[str] = collections.Counter()
     leaf: collections.Counter[str] = collections.Counter()
     total = 0
@@ -59,7 +65,8 @@ def summarize(path: Path, top: int = 25) -> str:
         leaf[frames[-1]] += count
     lines = [f"{path.stem}: {total} samples"]
     lines += [f"  {n * 100 / total:5.1f}% incl  {f}" for f, n in inclusive.most_common(top)]
-    lines += [f"  {n * 100 / total:5.1f}% self  {f}" for f, n in leaf.most_common(12)]
+    selfs = leaf.most_common(max(12, top // 2))
+    lines += [f"  {n * 100 / total:5.1f}% self  {f}" for f, n in selfs]
     return "\n".join(lines)
 
 
@@ -74,7 +81,7 @@ def _where(frame: str) -> str:
 
 def load(stack: Stack, kind: str) -> None:
     if kind == "fresh":
-        for i in range(200):
+        for i in range(CALLS):
             call(stack.http, body_for(i, "profile", fresh_end()))
     elif kind == "burst":
         run = uuid.uuid4().hex[:6]
