@@ -7,7 +7,9 @@ The completion message carries the outcome, so no second read follows.
 A message can be lost only while the subscription is down, or, on a cluster, between nodes.
 So a waiter reads the record again only when it may have missed one: no subscription now, a
 new one since it last looked (one came down in between), or a cluster under it (one read a
-second); and once when its time runs out, whatever happened.
+second); and once when its time runs out, whatever happened. No read outlives the wait by
+more than READ_GRACE_SECONDS: a Redis that stalls then must not hold the answer past Argo's
+timeout (the record seen before goes back instead, and the next poll gets the outcome).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from worker.store import AsyncStore, decode_completion
 log = logging.getLogger("rollout_analyzer.webhook")
 FINAL = ("done", "error")
 TICK_SECONDS = 1.0  # how often a waiter asks itself whether it may have missed a message
+# How long past its deadline a read may finish: WAIT_SECONDS (8) + this stays inside Argo's 10 s.
+READ_GRACE_SECONDS = 0.5
 
 # A future's result: the final record from the completion message (None: read it).
 Announced = asyncio.Future[dict[str, Any] | None]
@@ -147,19 +151,26 @@ class CompletionWaiter:
             future, since, read = self._register(analysis_id), None, True
         try:
             while True:
-                if read:
+                if read or deadline <= loop.time():
                     since = self._live  # before the read: a message after it is not lost
-                    record = await self.store.record(analysis_id)
+                    bound = asyncio.timeout_at(deadline + READ_GRACE_SECONDS)
+                    try:
+                        async with bound:
+                            record = await self.store.record(analysis_id)
+                    except TimeoutError:
+                        if bound.expired():  # Redis stalled: answer with what was seen
+                            return record
+                        raise
                     if record is None or record.get("status") in FINAL:
                         return record
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return record if read else await self.store.record(analysis_id)
+                    return record
                 try:
                     async with asyncio.timeout(min(TICK_SECONDS, remaining)):
                         announced = await asyncio.shield(future)
                 except TimeoutError:
-                    read = self._may_have_missed(since) or loop.time() >= deadline
+                    read = self._may_have_missed(since)  # (or time ran out: read above)
                     continue
                 if announced is not None and announced.get("status") in FINAL:
                     return {**(record or {}), **announced}

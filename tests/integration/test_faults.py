@@ -1,7 +1,8 @@
 """Faults injected into real components; each test asserts what Argo and the team would see.
 
-Worker SIGKILLed mid-analysis, all workers gone, Redis restarted, Prometheus down / slow / erring /
-partial, Kubernetes API conflicts and errors, chat receivers slow, and load while a worker dies.
+Worker SIGKILLed mid-analysis, all workers gone, Redis restarted or stalling, Prometheus down /
+slow / erring / partial, Kubernetes API conflicts and errors, chat receivers slow, and load while
+a worker dies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.support.argo import Metric, Phase, WebProvider, run_metric
 from tests.support.chat_receivers import Answer
 from tests.support.procs import RedisServer, free_port, wait_for
 from tests.support.proxy import FaultyProxy
+from tests.support.redis_proxy import LossyRedisProxy, command_name
 
 FAST = {"ROLLOUT_ANALYZER_HEARTBEAT_SECONDS": "1"}
 
@@ -118,6 +120,43 @@ def test_all_workers_down_answers_503_then_the_queued_analysis_completes(stack_f
     assert second.status_code == 200
     assert second.json()["analysis_id"] == first.json()["analysis_id"]
     assert second.json()["verdict"] == "fail"
+
+
+def test_a_redis_that_stalls_as_the_wait_ends_does_not_hold_the_answer(
+    redis_server, prometheus, tmp_path
+):
+    """No worker finishes the analysis, and Redis holds the webhook's last read of its record
+    2 s (a proxy in front of it): the answer (503, not finished) still comes half a second after
+    `wait_seconds`, inside a caller's timeout of one second more, not when Redis answers."""
+    stall = threading.Event()  # never set: a held reply waits the proxy's 2 s
+    with LossyRedisProxy(redis_server.port) as proxy:
+        proxy.enabled = False  # nothing lost, only held
+        stack = start_stack(
+            proxy.url, tmp_path, "faults-stall", prometheus_url=prometheus.url, workers=1,
+            settings={**FAST, "ROLLOUT_ANALYZER_WAIT_SECONDS": "2"},
+        )  # fmt: skip
+        try:
+            stack.workers[0].stop()
+            payload = {"service": "good", "namespace": "shop", "canary": "6d4f8b7c9a",
+                       "baseline": "5c8d7e6f4b"}  # fmt: skip
+            began = time.monotonic()
+            reads: list[float] = []  # when each read of a record reached Redis
+
+            def hold(batch: list[bytes]) -> threading.Event | None:
+                if any(command_name(c) == b"HGETALL" for c in batch):
+                    reads.append(time.monotonic() - began)
+                    return stall
+                return None
+
+            proxy.hold = hold
+            with stack.client(timeout=3.0) as client:  # Argo's timeoutSeconds: wait_seconds + 1
+                answer = client.post("/v1/analyze", json=payload)
+            elapsed = time.monotonic() - began
+        finally:
+            stack.stop()
+    assert (answer.status_code, answer.json()["field"]) == (503, "analysis"), answer.text
+    assert len(reads) == 1 and reads[0] >= 2.0  # the one read, at the deadline, was held
+    assert elapsed < 3.0
 
 
 def test_redis_restart_fast_503s_then_recovery_and_no_task_dropped(prometheus, tmp_path):

@@ -15,7 +15,8 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.support.procs import RedisServer
-from webhooks.waiting import CompletionWaiter
+from tests.support.redis_proxy import LossyRedisProxy, command_name
+from webhooks.waiting import READ_GRACE_SECONDS, CompletionWaiter
 from worker.store import RESULT_TEXT, AsyncStore, Store
 
 T = TypeVar("T")
@@ -50,12 +51,15 @@ def with_waiter(url: str, body: Callable[[CompletionWaiter, AsyncStore], Awaitab
 
 def running_analysis(url: str) -> tuple[Store, str]:
     """A claimed analysis a worker (w1) is running."""
+    return running_analysis_of(url, "identity")
 
+
+def running_analysis_of(url: str, identity: str) -> tuple[Store, str]:
     async def claim() -> str:
         client = aioredis.from_url(url)
         try:
             found = await AsyncStore(client).claim(
-                "identity", {"x": 1}, pending_seconds=60, result_ttl_seconds=600, now=time.time()
+                identity, {"x": 1}, pending_seconds=60, result_ttl_seconds=600, now=time.time()
             )
         finally:
             await client.aclose()
@@ -241,3 +245,33 @@ def test_a_message_lost_unseen_is_found_when_time_runs_out(url, tmp_path):
         deaf.kill()
     assert record is not None and record["status"] == "done"
     assert hgetalls(kv) == 1  # that one read, at the deadline
+
+
+def test_a_read_the_deadline_overtakes_does_not_hold_the_answer(url, redis_server):
+    """Redis stalls (here a proxy holds every HGETALL's reply 2 s) as the wait's time runs out:
+    the answer goes READ_GRACE_SECONDS after the deadline with the record seen before, not when
+    Redis answers. The connection of the abandoned read is not reused: the next read on the same
+    client gets its own record, not the stale reply."""
+    store, analysis_id = running_analysis(url)
+    _, other_id = running_analysis_of(url, "other identity")
+    store.finish(other_id, "w1", status="done", payload={"verdict": "fail"}, reuse_seconds=15)
+    stall = threading.Event()  # never set: each held reply waits the proxy's 2 s
+    with LossyRedisProxy(redis_server.port) as proxy:
+        proxy.enabled = False  # nothing lost, only held
+        proxy.hold = lambda batch: (
+            stall if any(command_name(c) == b"HGETALL" for c in batch) else None
+        )
+
+        async def body(waiter: CompletionWaiter, store: AsyncStore) -> tuple[Any, float, Any]:
+            expected = waiter.expect(analysis_id)
+            began = time.monotonic()
+            record = await waiter.wait(analysis_id, 1.0, expected)
+            seconds = time.monotonic() - began
+            proxy.hold = lambda batch: None
+            return record, seconds, await store.record(other_id)
+
+        record, seconds, other = with_waiter(proxy.url, body)
+    assert record is None  # no read came back in time: the webhook answers 503, still pending
+    assert 1.0 + READ_GRACE_SECONDS <= seconds < 1.0 + READ_GRACE_SECONDS + 0.4
+    assert other is not None and other["id"] == other_id and other["status"] == "done"
+    assert other["result"] == {"verdict": "fail"}
