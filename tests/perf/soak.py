@@ -136,6 +136,8 @@ def snapshot(stack: Stack) -> dict[str, float]:
         "redis_overhead_mb": info["used_memory"] / 1e6 - keys_mb,
         **held,
         "redis_keys": float(stack.kv.dbsize()),
+        # Connections the webhook's and workers' pools opened (they keep every one they opened).
+        "redis_clients": float(stack.kv.info("clients")["connected_clients"]),
         "rss_webhook_mb": rss_mb(stack.webhook.pid or 0),
         **{f"rss_{w.name}_mb": rss_mb(w.pid or 0) for w in stack.workers},
     }
@@ -171,7 +173,7 @@ async def soak(stack: Stack) -> list[dict[str, Any]]:
             f"(sequences {row['seq_mb']:.1f} MB and analyses {row['records_mb']:.1f} MB, "
             f"{row['seq_fill']:.0%} of cap; poll histories {row['polls_mb']:.1f} MB, "
             f"{row['polls_fill']:.0%}; other keys {row['redis_rest_mb']:.1f} MB; "
-            f"Redis' own {row['redis_overhead_mb']:.1f} MB), "
+            f"Redis' own {row['redis_overhead_mb']:.1f} MB; {row['redis_clients']:.0f} clients), "
             + ", ".join(f"{k[4:-3]} {v:.0f} MB" for k, v in row.items() if k.startswith("rss_")),
             flush=True,
         )
