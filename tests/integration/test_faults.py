@@ -127,7 +127,7 @@ def test_a_redis_that_stalls_as_the_wait_ends_does_not_hold_the_answer(
 ):
     """No worker finishes the analysis, and Redis holds the webhook's last read of its record
     2 s (a proxy in front of it): the answer (503, not finished) still comes half a second after
-    `wait_seconds`, inside a caller's timeout of one second more, not when Redis answers."""
+    `wait_seconds`, inside a caller's timeout of 1.5 s more, not when Redis answers (2 s more)."""
     stall = threading.Event()  # never set: a held reply waits the proxy's 2 s
     with LossyRedisProxy(redis_server.port) as proxy:
         proxy.enabled = False  # nothing lost, only held
@@ -149,14 +149,14 @@ def test_a_redis_that_stalls_as_the_wait_ends_does_not_hold_the_answer(
                 return None
 
             proxy.hold = hold
-            with stack.client(timeout=3.0) as client:  # Argo's timeoutSeconds: wait_seconds + 1
+            with stack.client(timeout=3.5) as client:  # Argo's timeoutSeconds: wait_seconds + 1.5
                 answer = client.post("/v1/analyze", json=payload)
             elapsed = time.monotonic() - began
         finally:
             stack.stop()
     assert (answer.status_code, answer.json()["field"]) == (503, "analysis"), answer.text
     assert len(reads) == 1 and reads[0] >= 2.0  # the one read, at the deadline, was held
-    assert elapsed < 3.0
+    assert elapsed < 3.5
 
 
 def test_redis_restart_fast_503s_then_recovery_and_no_task_dropped(prometheus, tmp_path):

@@ -272,6 +272,7 @@ def test_a_read_the_deadline_overtakes_does_not_hold_the_answer(url, redis_serve
 
         record, seconds, other = with_waiter(proxy.url, body)
     assert record is None  # no read came back in time: the webhook answers 503, still pending
-    assert 1.0 + READ_GRACE_SECONDS <= seconds < 1.0 + READ_GRACE_SECONDS + 0.4
+    # Without the bound: 1.0 + the 2 s hold. The margin is for a busy machine.
+    assert 1.0 + READ_GRACE_SECONDS <= seconds < 1.0 + READ_GRACE_SECONDS + 0.9
     assert other is not None and other["id"] == other_id and other["status"] == "done"
     assert other["result"] == {"verdict": "fail"}
