@@ -62,7 +62,7 @@ bench: $(STAMP) system-deps
 verdicts: $(STAMP)
 	$(PY) -m tests.perf.verdicts
 
-# Not part of `make test`: 2,000 rollouts polling every 30 s for 10 minutes (SOAK_* knobs).
+# Not part of `make test`: 2,000 rollouts polling every 30 s for 14 minutes (SOAK_* knobs).
 soak: $(STAMP) system-deps
 	$(PY) -m tests.perf.soak
 

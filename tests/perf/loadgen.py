@@ -28,8 +28,14 @@ def refused(status: int, answer: bytes) -> int | str:
 
 
 async def post_json(
-    host: str, port: int, path: str, body: dict[str, Any], timeout: float
+    host: str,
+    port: int,
+    path: str,
+    body: dict[str, Any],
+    timeout: float,
+    sizes: list[int] | None = None,
 ) -> Result:
+    """One call on a connection of its own; `sizes` (if given) gets each 200 answer's length."""
     payload = json.dumps(body).encode()
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -49,6 +55,8 @@ async def post_json(
             )
             answer = await reader.readexactly(int(headers.get("content-length", "0")))
             named = status if status == 200 else refused(status, answer)
+            if sizes is not None and status == 200:
+                sizes.append(len(answer))
             return named, headers.get("x-analysis-id", "")
         finally:
             writer.close()

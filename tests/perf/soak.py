@@ -8,12 +8,17 @@ the analyses whose live reports carry their last HISTORY_KEPT poll summaries; th
 histories of MAX_POLLS summaries), each with how full it is; every other key; and Redis' own
 tables and allocator rounding (used_memory minus the keys: it follows the data held). The end
 prints the verdict: 0 errors, 0 timeouts, and
-the other keys and every RSS flat after the first reuse and replaced-analysis windows
+the other keys and the workers' RSS flat after the first reuse and replaced-analysis windows
 (the last minute within SOAK_FLAT of minute SOAK_SETTLED's figure); the capped parts with their
-fill and their size once full.
+fill and their size once full. The webhook's RSS is judged from the minute the sequences are
+full: it holds the answers of the last reuse window, and an answer carries its sequence's last
+HISTORY_KEPT poll summaries, so each answer grows for HISTORY_KEPT polls (10 minutes at 30 s;
+the mean answer's size is printed each minute). Judged flat from then, for SOAK_SETTLED minutes
+at least: a run too short for that fails and says so.
 
-Knobs: SOAK_ROLLOUTS (2000), SOAK_MINUTES (10), SOAK_INTERVAL (30 s), SOAK_FLAT (1.10),
-SOAK_SETTLED (3: after a 60 s replaced window and a few 30 s polls).
+Knobs: SOAK_ROLLOUTS (2000), SOAK_MINUTES (14: the sequences full at minute 10, then four),
+SOAK_INTERVAL (30 s), SOAK_FLAT (1.10), SOAK_SETTLED (3: after a 60 s replaced window and a few
+30 s polls).
 Not part of `make test`; results in .bench/soak.json.
 """
 
@@ -36,7 +41,7 @@ from worker.codec import unpack
 from worker.history import MAX_POLLS
 
 ROLLOUTS = int(os.environ.get("SOAK_ROLLOUTS", "2000"))
-MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
+MINUTES = float(os.environ.get("SOAK_MINUTES", "14"))
 INTERVAL = float(os.environ.get("SOAK_INTERVAL", "30"))
 FLAT = float(os.environ.get("SOAK_FLAT", "1.10"))
 SETTLED = int(os.environ.get("SOAK_SETTLED", "3"))
@@ -45,6 +50,11 @@ SAMPLED = 200  # sequences read each minute to see how full their poll summaries
 # These grow until the capped structures are full (analyses: as full as the sequences).
 FILLING = ("redis_used_mb", "redis_overhead_mb", "seq_mb", "records_mb", "polls_mb")
 FILLS = (("seq", "seq_fill"), ("records", "seq_fill"), ("polls", "polls_fill"))
+# These grow with the answers until the sequences are full, then must be flat: the webhook keeps
+# the last reuse window's answers (~1,000 here), ~7 KB at a sequence's first polls and 14 KB at its
+# cap; its RSS grew 11 MB while they did (glibc's heap holds buffers of ever larger sizes).
+WITH_ANSWERS = ("rss_webhook_mb",)
+FULL = 0.99  # the sampled sequences' fill from which the answers are at their cap
 RESULTS = REPO / ".bench" / "soak.json"
 
 
@@ -54,6 +64,7 @@ class Minute:
     errors: int = 0
     timeouts: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    answer_bytes: list[int] = field(default_factory=list)
 
 
 async def rollout(
@@ -67,8 +78,12 @@ async def rollout(
     await asyncio.sleep(random.uniform(0, INTERVAL))
     while time.monotonic() < stop_at:
         polled = time.monotonic()
-        seconds, status, _ = await post_json(host, port, "/v1/analyze", body, ARGO_TIMEOUT_SECONDS)
+        sizes: list[int] = []
+        seconds, status, _ = await post_json(
+            host, port, "/v1/analyze", body, ARGO_TIMEOUT_SECONDS, sizes
+        )
         minute = minutes.setdefault(int((polled - began) // 60), Minute())
+        minute.answer_bytes.extend(sizes)
         minute.statuses[str(status)] = minute.statuses.get(str(status), 0) + 1
         if status == 200:
             minute.latencies.append(seconds)
@@ -163,12 +178,18 @@ async def soak(stack: Stack) -> list[dict[str, Any]]:
             "statuses": done.statuses,
             "p50_ms": pct(done.latencies, 0.5) * 1000 if done.latencies else float("nan"),
             "p99_ms": pct(done.latencies, 0.99) * 1000 if done.latencies else float("nan"),
+            "answer_kb": (
+                sum(done.answer_bytes) / len(done.answer_bytes) / 1e3
+                if done.answer_bytes
+                else float("nan")
+            ),
             **await asyncio.to_thread(snapshot, stack),
         }
         report.append(row)
         print(
             f"min {n:>2}: {row['polls']:>5} polls, {row['errors']} errors, "
             f"{row['timeouts']} timeouts, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+            f"answers {row['answer_kb']:.1f} KB, "
             f"redis {row['redis_used_mb']:.1f} MB / {row['redis_keys']:.0f} keys "
             f"(sequences {row['seq_mb']:.1f} MB and analyses {row['records_mb']:.1f} MB, "
             f"{row['seq_fill']:.0%} of cap; poll histories {row['polls_mb']:.1f} MB, "
@@ -199,12 +220,23 @@ def verdict(report: list[dict[str, Any]]) -> dict[str, Any]:
     # Sequences and poll histories fill to their caps over 20 and 120 polls (10 and 60 min at
     # 30 s), so Redis' total grows with them in a soak shorter than an hour: what must be flat
     # is the rest (and every RSS); they are shown with their fill and size once full.
-    flat = all(g <= FLAT for key, g in growth.items() if key not in FILLING)
+    flat = all(g <= FLAT for key, g in growth.items() if key not in (*FILLING, *WITH_ANSWERS))
+    full_at = next(
+        (r["minute"] for r in report if r["minute"] >= SETTLED and r["seq_fill"] >= FULL), None
+    )
+    since_full: dict[str, float] = {}
+    if full_at is not None and last["minute"] - full_at >= SETTLED:
+        at_full = report[full_at - 1]
+        since_full = {key: last[key] / at_full[key] for key in WITH_ANSWERS if at_full[key] > 0}
+    flat = flat and bool(since_full) and all(g <= FLAT for g in since_full.values())
     return {
         "errors": errors,
         "timeouts": timeouts,
         "p99_ms_worst_minute": max(r["p99_ms"] for r in report),
         f"growth_last_vs_minute_{SETTLED}": growth,
+        "sequences_full_at_minute": full_at,
+        # Empty: the run ended too soon after the sequences were full to judge the webhook.
+        "growth_last_vs_sequences_full": since_full,
         "filling_to_a_cap": {
             name: {
                 "fill": last[fill],
@@ -241,9 +273,18 @@ def main() -> int:
     RESULTS.write_text(json.dumps(result, indent=2))
     v = result["verdict"]
     growth = ", ".join(f"{k} x{g:.2f}" for k, g in v[f"growth_last_vs_minute_{SETTLED}"].items())
+    full_at, since_full = v["sequences_full_at_minute"], v["growth_last_vs_sequences_full"]
+    answers = (
+        ", ".join(f"{k} x{g:.2f}" for k, g in since_full.items())
+        if since_full
+        else f"not judged: the sequences were full at minute {full_at or 'never'}, and the "
+        f"webhook is judged over {SETTLED} minutes after that (SOAK_MINUTES >= "
+        f"{HISTORY_KEPT * INTERVAL / 60 + SETTLED:g})"
+    )
     print(
         f"errors {v['errors']}, timeouts {v['timeouts']}, worst p99 {v['p99_ms_worst_minute']:.1f} "
-        f"ms; last minute vs minute {SETTLED}: {growth} (flat: <= x{FLAT:.2f}) -> "
+        f"ms; last minute vs minute {SETTLED}: {growth}; the answers' holders vs minute "
+        f"{full_at} (sequences full): {answers} (flat: <= x{FLAT:.2f}) -> "
         f"{'PASS' if v['passed'] else 'FAIL'}"
     )
     full = v["filling_to_a_cap"]
