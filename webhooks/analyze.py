@@ -27,6 +27,7 @@ from analysis.request import (
 )
 from webhooks.auth import authorize
 from webhooks.context import STORE_ERRORS, WebhookContext
+from webhooks.deadline import Late
 from webhooks.errors import error
 from webhooks.recent import Answer as RecentAnswer
 from webhooks.schemas import AnalysisAnswer, answers, inline_refs
@@ -153,15 +154,30 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
         spec = resolve(parse_request(data), ctx.policies)
     except RequestError as exc:
         return error(422, exc.field, exc.message)
+    wait_seconds = ctx.settings.wait_seconds
     try:
-        claimed = await claim_and_enqueue(ctx, spec)
+        # Never past the wait's own deadline, whatever the steps' timeouts add up to.
+        claimed = await ctx.outliving.within(
+            claim_and_enqueue(ctx, spec),
+            wait_seconds - (time.monotonic() - arrived),
+            lambda late: forget_wait(ctx, late),
+        )
         if claimed is None:
             return error(503, "queue", "the task queue is unreachable; retry later")
         claim, expected = claimed
         record = claim.record
         if record is None:
-            remaining = ctx.settings.wait_seconds - (time.monotonic() - arrived)
+            remaining = wait_seconds - (time.monotonic() - arrived)
             record = await ctx.waiter.wait(claim.analysis_id, max(0.0, remaining), expected)
+    except Late:
+        ctx.metrics.store_errors.inc()
+        log.warning("claim or enqueue not done by the deadline")
+        return error(
+            503,
+            "store",
+            f"the state store or the task queue did not answer within {wait_seconds:g} s; "
+            "retry later (the analysis goes on if it was started)",
+        )
     except STORE_ERRORS as exc:
         ctx.metrics.store_errors.inc()
         log.warning("store unavailable", extra={"error": str(exc)[:200]})
@@ -248,6 +264,12 @@ async def claim_and_enqueue(
         log.warning("enqueue failed", extra={"error": str(exc)[:200]})
         return None
     return claim, expected
+
+
+def forget_wait(ctx: WebhookContext, claimed: tuple[Claim, Expected | None] | None) -> None:
+    """A claim made after its request answered: nobody waits for its completion."""
+    if claimed is not None and claimed[1] is not None:
+        ctx.waiter.forget(claimed[0].analysis_id, claimed[1].future)
 
 
 async def settle_lost_claim(ctx: WebhookContext, identity: str, new_id: str) -> None:

@@ -13,6 +13,7 @@ import redis.exceptions
 from fastapi import Request
 
 from analysis.policy import PolicySet
+from webhooks.deadline import Outliving
 from webhooks.metrics import WebhookMetrics
 from webhooks.recent import RecentAnswers
 from webhooks.runtime import Runtime, build_runtime
@@ -23,6 +24,8 @@ from worker.settings import Settings
 
 # What a route answers 503 for: the state store (Redis) cannot be reached.
 STORE_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+# At shutdown, how long a claim still running may take to get its task or its undo.
+DRAIN_SECONDS = 10.0
 
 
 @dataclass
@@ -31,6 +34,7 @@ class WebhookContext:
     policies: PolicySet
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
     recent: RecentAnswers = field(default_factory=RecentAnswers)
+    outliving: Outliving = field(default_factory=Outliving)  # claims past their answer
     _running: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -69,5 +73,6 @@ class WebhookContext:
         try:
             yield
         finally:
+            await self.outliving.drain(DRAIN_SECONDS)
             await waiter.stop()
             await runtime.aclose()

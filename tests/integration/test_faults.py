@@ -159,6 +159,57 @@ def test_a_redis_that_stalls_as_the_wait_ends_does_not_hold_the_answer(
     assert elapsed < 3.5
 
 
+def test_a_claim_that_outlasts_the_wait_is_answered_at_the_deadline_and_still_runs(
+    redis_server, prometheus, tmp_path
+):
+    """Redis holds the reply to the claim (the script that also enqueues the task) 1.5 s, past
+    `wait_seconds` (1 s): the answer (503) comes at the deadline, not when Redis answers; the
+    claim is not cut short, so its analysis runs, and the next call gets it: one analysis."""
+    with LossyRedisProxy(redis_server.port) as proxy:
+        proxy.enabled = False  # nothing lost, only held
+        stack = start_stack(
+            proxy.url, tmp_path, "faults-late-claim", prometheus_url=prometheus.url, workers=1,
+            settings={**FAST, "ROLLOUT_ANALYZER_WAIT_SECONDS": "1"},
+        )  # fmt: skip
+        try:
+            payload = {"service": "good", "namespace": "shop", "canary": "6d4f8b7c9a",
+                       "baseline": "5c8d7e6f4b"}  # fmt: skip
+            held: list[float] = []
+            began = time.monotonic()
+
+            def hold(batch: list[bytes]) -> threading.Event | None:
+                claim = any(command_name(c) == b"EVALSHA" and b"6d4f8b7c9a" in c for c in batch)
+                if not claim or held:
+                    return None
+                held.append(time.monotonic() - began)
+                released = threading.Event()
+                threading.Timer(1.5, released.set).start()
+                return released
+
+            proxy.hold = hold
+            with stack.client(timeout=5) as client:
+                late = client.post("/v1/analyze", json=payload)
+                elapsed = time.monotonic() - began
+                assert (late.status_code, late.json()["field"]) == (503, "store"), late.text
+                assert held and held[0] < 0.5  # it was the claim that was held
+                assert elapsed < 1.35  # the deadline (1 s), not the held reply (1.5 s)
+
+                done: list[httpx.Response] = []
+
+                def answered() -> bool:
+                    done.append(client.post("/v1/analyze", json=payload))
+                    return done[-1].status_code == 200
+
+                wait_for(answered, 20, "the held claim's analysis", interval=0.5)
+            kv = redis.Redis.from_url(redis_server.url)
+            prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
+            records = [k.decode() for k in kv.scan_iter(f"{prefix}{{*}}analysis:*")]
+        finally:
+            stack.stop()
+    assert len(records) == 1, records  # one analysis: the later calls joined the held claim
+    assert records[0].endswith(done[-1].headers["X-Analysis-Id"])
+
+
 def test_redis_restart_fast_503s_then_recovery_and_no_task_dropped(prometheus, tmp_path):
     redis_server = RedisServer(work_dir=tmp_path / "redis", appendonly=True).start()
     stack = start_stack(
