@@ -8,10 +8,12 @@ a worker dies.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import threading
 import time
-from typing import cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -44,6 +46,23 @@ def argo_metric(url: str, payload: dict) -> Metric:
         success_condition='result == "pass"',
         failure_condition='result == "fail"',
     )
+
+
+@contextlib.contextmanager
+def behind_a_proxy(
+    redis_server: RedisServer, prometheus: Any, tmp_path: Any, name: str, wait_seconds: str
+) -> Iterator[tuple[LossyRedisProxy, Any]]:
+    """A stack of one worker whose Redis is behind a proxy that holds replies, loses none."""
+    with LossyRedisProxy(redis_server.port) as proxy:
+        proxy.enabled = False
+        stack = start_stack(
+            proxy.url, tmp_path, name, prometheus_url=prometheus.url, workers=1,
+            settings={**FAST, "ROLLOUT_ANALYZER_WAIT_SECONDS": wait_seconds},
+        )  # fmt: skip
+        try:
+            yield proxy, stack
+        finally:
+            stack.stop()
 
 
 def lease_holder(stack, analysis_id_prefix: str = "") -> str | None:
@@ -122,6 +141,9 @@ def test_all_workers_down_answers_503_then_the_queued_analysis_completes(stack_f
     assert second.json()["verdict"] == "fail"
 
 
+GOOD = {"service": "good", "namespace": "shop", "canary": "6d4f8b7c9a", "baseline": "5c8d7e6f4b"}
+
+
 def test_a_redis_that_stalls_as_the_wait_ends_does_not_hold_the_answer(
     redis_server, prometheus, tmp_path
 ):
@@ -129,31 +151,21 @@ def test_a_redis_that_stalls_as_the_wait_ends_does_not_hold_the_answer(
     2 s (a proxy in front of it): the answer (503, not finished) still comes half a second after
     `wait_seconds`, inside a caller's timeout of 1.5 s more, not when Redis answers (2 s more)."""
     stall = threading.Event()  # never set: a held reply waits the proxy's 2 s
-    with LossyRedisProxy(redis_server.port) as proxy:
-        proxy.enabled = False  # nothing lost, only held
-        stack = start_stack(
-            proxy.url, tmp_path, "faults-stall", prometheus_url=prometheus.url, workers=1,
-            settings={**FAST, "ROLLOUT_ANALYZER_WAIT_SECONDS": "2"},
-        )  # fmt: skip
-        try:
-            stack.workers[0].stop()
-            payload = {"service": "good", "namespace": "shop", "canary": "6d4f8b7c9a",
-                       "baseline": "5c8d7e6f4b"}  # fmt: skip
-            began = time.monotonic()
-            reads: list[float] = []  # when each read of a record reached Redis
+    with behind_a_proxy(redis_server, prometheus, tmp_path, "faults-stall", "2") as (proxy, stack):
+        stack.workers[0].stop()
+        began = time.monotonic()
+        reads: list[float] = []  # when each read of a record reached Redis
 
-            def hold(batch: list[bytes]) -> threading.Event | None:
-                if any(command_name(c) == b"HGETALL" for c in batch):
-                    reads.append(time.monotonic() - began)
-                    return stall
-                return None
+        def hold(batch: list[bytes]) -> threading.Event | None:
+            if any(command_name(c) == b"HGETALL" for c in batch):
+                reads.append(time.monotonic() - began)
+                return stall
+            return None
 
-            proxy.hold = hold
-            with stack.client(timeout=3.5) as client:  # Argo's timeoutSeconds: wait_seconds + 1.5
-                answer = client.post("/v1/analyze", json=payload)
-            elapsed = time.monotonic() - began
-        finally:
-            stack.stop()
+        proxy.hold = hold
+        with stack.client(timeout=3.5) as client:  # Argo's timeoutSeconds: wait_seconds + 1.5
+            answer = client.post("/v1/analyze", json=GOOD)
+        elapsed = time.monotonic() - began
     assert (answer.status_code, answer.json()["field"]) == (503, "analysis"), answer.text
     assert len(reads) == 1 and reads[0] >= 2.0  # the one read, at the deadline, was held
     assert elapsed < 3.5
@@ -165,47 +177,37 @@ def test_a_claim_that_outlasts_the_wait_is_answered_at_the_deadline_and_still_ru
     """Redis holds the reply to the claim (the script that also enqueues the task) 1.5 s, past
     `wait_seconds` (1 s): the answer (503) comes at the deadline, not when Redis answers; the
     claim is not cut short, so its analysis runs, and the next call gets it: one analysis."""
-    with LossyRedisProxy(redis_server.port) as proxy:
-        proxy.enabled = False  # nothing lost, only held
-        stack = start_stack(
-            proxy.url, tmp_path, "faults-late-claim", prometheus_url=prometheus.url, workers=1,
-            settings={**FAST, "ROLLOUT_ANALYZER_WAIT_SECONDS": "1"},
-        )  # fmt: skip
-        try:
-            payload = {"service": "good", "namespace": "shop", "canary": "6d4f8b7c9a",
-                       "baseline": "5c8d7e6f4b"}  # fmt: skip
-            held: list[float] = []
-            began = time.monotonic()
+    held: list[float] = []
+    late_claim = "faults-late-claim"
+    with behind_a_proxy(redis_server, prometheus, tmp_path, late_claim, "1") as (proxy, stack):
+        began = time.monotonic()
 
-            def hold(batch: list[bytes]) -> threading.Event | None:
-                claim = any(command_name(c) == b"EVALSHA" and b"6d4f8b7c9a" in c for c in batch)
-                if not claim or held:
-                    return None
-                held.append(time.monotonic() - began)
-                released = threading.Event()
-                threading.Timer(1.5, released.set).start()
-                return released
+        def hold(batch: list[bytes]) -> threading.Event | None:
+            claim = any(command_name(c) == b"EVALSHA" and b"6d4f8b7c9a" in c for c in batch)
+            if not claim or held:
+                return None
+            held.append(time.monotonic() - began)
+            released = threading.Event()
+            threading.Timer(1.5, released.set).start()
+            return released
 
-            proxy.hold = hold
-            with stack.client(timeout=5) as client:
-                late = client.post("/v1/analyze", json=payload)
-                elapsed = time.monotonic() - began
-                assert (late.status_code, late.json()["field"]) == (503, "store"), late.text
-                assert held and held[0] < 0.5  # it was the claim that was held
-                assert elapsed < 1.35  # the deadline (1 s), not the held reply (1.5 s)
+        proxy.hold = hold
+        with stack.client(timeout=5) as client:
+            late = client.post("/v1/analyze", json=GOOD)
+            elapsed = time.monotonic() - began
+            done: list[httpx.Response] = []
 
-                done: list[httpx.Response] = []
+            def answered() -> bool:
+                done.append(client.post("/v1/analyze", json=GOOD))
+                return done[-1].status_code == 200
 
-                def answered() -> bool:
-                    done.append(client.post("/v1/analyze", json=payload))
-                    return done[-1].status_code == 200
-
-                wait_for(answered, 20, "the held claim's analysis", interval=0.5)
-            kv = redis.Redis.from_url(redis_server.url)
-            prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
-            records = [k.decode() for k in kv.scan_iter(f"{prefix}{{*}}analysis:*")]
-        finally:
-            stack.stop()
+            wait_for(answered, 20, "the held claim's analysis", interval=0.5)
+        kv = redis.Redis.from_url(redis_server.url)
+        prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
+        records = [k.decode() for k in kv.scan_iter(f"{prefix}{{*}}analysis:*")]
+    assert (late.status_code, late.json()["field"]) == (503, "store"), late.text
+    assert held and held[0] < 0.5  # it was the claim that was held
+    assert elapsed < 1.35  # the deadline (1 s), not the held reply (1.5 s)
     assert len(records) == 1, records  # one analysis: the later calls joined the held claim
     assert records[0].endswith(done[-1].headers["X-Analysis-Id"])
 
