@@ -219,7 +219,8 @@ def verdict(report: list[dict[str, Any]]) -> dict[str, Any]:
     }
     # Sequences and poll histories fill to their caps over 20 and 120 polls (10 and 60 min at
     # 30 s), so Redis' total grows with them in a soak shorter than an hour: what must be flat
-    # is the rest (and every RSS); they are shown with their fill and size once full.
+    # is the rest and the workers' RSS (the webhook's: once the sequences are full); they are
+    # shown with their fill and size once full.
     flat = all(g <= FLAT for key, g in growth.items() if key not in (*FILLING, *WITH_ANSWERS))
     full_at = next(
         (r["minute"] for r in report if r["minute"] >= SETTLED and r["seq_fill"] >= FULL), None
@@ -283,8 +284,8 @@ def main() -> int:
     )
     print(
         f"errors {v['errors']}, timeouts {v['timeouts']}, worst p99 {v['p99_ms_worst_minute']:.1f} "
-        f"ms; last minute vs minute {SETTLED}: {growth}; the answers' holders vs minute "
-        f"{full_at} (sequences full): {answers} (flat: <= x{FLAT:.2f}) -> "
+        f"ms; last minute vs minute {SETTLED}: {growth}; the webhook, which holds answers, vs "
+        f"minute {full_at} (sequences full): {answers} (flat: <= x{FLAT:.2f}) -> "
         f"{'PASS' if v['passed'] else 'FAIL'}"
     )
     full = v["filling_to_a_cap"]
