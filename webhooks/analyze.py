@@ -170,7 +170,7 @@ async def analyze(ctx: WebhookContext, request: Request, data: Any, raw_key: byt
             remaining = wait_seconds - (time.monotonic() - arrived)
             record = await ctx.waiter.wait(claim.analysis_id, max(0.0, remaining), expected)
     except Late:
-        ctx.metrics.store_errors.inc()
+        ctx.metrics.late_claims.inc()
         log.warning("claim or enqueue not done by the deadline")
         return error(
             503,

@@ -47,3 +47,8 @@ class WebhookMetrics:
             "rollout_analyzer_store_errors", "Calls that failed because Redis was unreachable.",
             registry=r,
         )  # fmt: skip
+        self.late_claims = Counter(
+            "rollout_analyzer_late_claims",
+            "503 answers at the deadline while the claim or enqueue still ran (it ran on).",
+            registry=r,
+        )  # fmt: skip

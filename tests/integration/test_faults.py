@@ -202,6 +202,7 @@ def test_a_claim_that_outlasts_the_wait_is_answered_at_the_deadline_and_still_ru
                 return done[-1].status_code == 200
 
             wait_for(answered, 20, "the held claim's analysis", interval=0.5)
+            scraped = client.get("/metrics").text
         kv = redis.Redis.from_url(redis_server.url)
         prefix = stack.env["ROLLOUT_ANALYZER_KEY_PREFIX"]
         records = [k.decode() for k in kv.scan_iter(f"{prefix}{{*}}analysis:*")]
@@ -210,6 +211,8 @@ def test_a_claim_that_outlasts_the_wait_is_answered_at_the_deadline_and_still_ru
     assert elapsed < 1.35  # the deadline (1 s), not the held reply (1.5 s)
     assert len(records) == 1, records  # one analysis: the later calls joined the held claim
     assert records[0].endswith(done[-1].headers["X-Analysis-Id"])
+    assert "rollout_analyzer_late_claims_total 1.0" in scraped
+    assert "rollout_analyzer_store_errors_total 0.0" in scraped  # Redis was never unreachable
 
 
 def test_redis_restart_fast_503s_then_recovery_and_no_task_dropped(prometheus, tmp_path):
