@@ -40,6 +40,7 @@ from prometheus_api_client import PrometheusConnect
 from analysis.policy import PolicySet
 from analysis.queries import build_query
 from analysis.request import parse_request, resolve
+from tests.perf.cpu_reference import CpuReference
 from tests.perf.dataset import NAMESPACE, SERVICES, start_prometheus
 from tests.perf.loadgen import Result, post_all
 from tests.perf.memory import measure_memory
@@ -294,10 +295,11 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
     """Items 1-2: ours through the webhook, the naive ten queries, and our floor, interleaved."""
     prom = PrometheusConnect(url=stack.prometheus.url, disable_ssl=True)
     policies = PolicySet.load(None)
-    ours, naives, floor, failures = [], [], [], 0
+    ours, naives, floor, references, failures = [], [], [], [], 0
     pids = {"webhook": stack.webhook.pid or 0, **{w.name: w.pid or 0 for w in stack.workers}}
     cpu_before: dict[str, float] = {}
     host = HostShare([])
+    reference = CpuReference()
     for i in range(samples + 5):
         if i == 5:
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -313,18 +315,23 @@ def measure_fresh(stack: Stack, samples: int) -> dict[str, Any]:
         prom.custom_query(expr, params={"time": end})
         stack.kv.ping()
         floor_seconds = time.perf_counter() - began
+        # In the pause before the next analysis, as the workers' CPU is spent after one.
+        reference_seconds = reference.run_one()
         if i >= 5:  # the first few warm connections and caches up
             ours.append(seconds)
             naives.append(naive)
             floor.append(floor_seconds)
+            references.append(reference_seconds)
     # CPU, not wall time: the workers' idle polling and heartbeats are counted in.
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    reference.close()
     return {
         "host": host.shares(),
         "samples": samples,
         "failures": failures,
         "webhook_cpu_per_analysis": cpu.pop("webhook") / samples,
         "worker_cpu_per_analysis": sum(cpu.values()) / samples,
+        "reference_cpu_per_unit": sum(references) / len(references),
         "ours_p50": pct(ours, 0.5),
         "ours_p99": pct(ours, 0.99),
         "naive_p50": pct(naives, 0.5),
@@ -596,6 +603,16 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
         "<= 5 ms",
         f["worker_cpu_per_analysis"] <= 0.005,
     )
+    if "reference_cpu_per_unit" in f:
+        # The host's speed, read in the same pauses: fixed work in a process of its own.
+        add(
+            "2. worker CPU per fresh analysis vs the same run's CPU reference (fixed work)",
+            ms(f["worker_cpu_per_analysis"]),
+            f"{f['reference_cpu_per_unit'] * 1000:.2f} ms",
+            f["worker_cpu_per_analysis"] / f["reference_cpu_per_unit"],
+            "",
+            None,
+        )
     add(
         "2. worker CPU per analysis in the burst of item 5 (/proc)",
         ms(b["worker_cpu_per_analysis"]),

@@ -31,6 +31,8 @@ def main() -> int:
                 f"{k + 1:2d} {time.strftime('%H:%M:%S')} ours {f['ours_p50'] * 1000:.2f} ms"
                 f" floor {f['floor_p50'] * 1000:.2f} ms ratio {ratio:.2f}x ({low:.2f}-{high:.2f}x)"
                 f" worker CPU {f['worker_cpu_per_analysis'] * 1000:.2f} ms"
+                f" reference {f['reference_cpu_per_unit'] * 1000:.3f} ms"
+                f" ({f['worker_cpu_per_analysis'] / f['reference_cpu_per_unit']:.2f}x)"
                 f" stolen {f['host']['stolen'] * 100:.1f} %",
                 flush=True,
             )
