@@ -22,6 +22,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 SEED = 14
@@ -82,6 +83,7 @@ class CpuReference:
     def __init__(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.perf.cpu_reference"],
+            cwd=Path(__file__).resolve().parents[2],  # the repository: `tests` importable
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
