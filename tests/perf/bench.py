@@ -53,6 +53,8 @@ from worker.keyspace import Keys
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / ".bench" / "results.json"
+# One line a run, kept: the host's phases show only over many runs (docs/performance.md).
+HISTORY = REPO / ".bench" / "history.jsonl"
 ARGO_TIMEOUT_SECONDS = 10.0
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
@@ -787,6 +789,33 @@ def stack_running(settings: dict[str, str] | None = None) -> Iterator[Stack]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def code_version() -> str:
+    """The commit measured, `+changes` when the tree differs from it; `unknown` without git."""
+    try:
+        run = functools.partial(
+            subprocess.run, cwd=REPO, capture_output=True, text=True, check=True
+        )
+        commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
+        changed = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+def append_history(path: Path, results: dict[str, Any], version: str) -> None:
+    """One line for this run: when, which code, the host, and the table's rows."""
+    line = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code": version,
+        "host": results.get("fresh", {}).get("host"),
+        "reference_cpu_per_unit": results.get("fresh", {}).get("reference_cpu_per_unit"),
+        "table": results.get("table", []),
+    }
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a") as history:
+        history.write(json.dumps(line, default=str) + "\n")
+
+
 def main() -> int:
     began = time.perf_counter()
     ensure_wrk()
@@ -819,8 +848,12 @@ def main() -> int:
     results["total_seconds"] = round(time.perf_counter() - began, 1)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str))
+    append_history(HISTORY, results, code_version())
     print(render(table))
-    print(f"\n{results['total_seconds']} s in all; JSON in {RESULTS.relative_to(REPO)}")
+    print(
+        f"\n{results['total_seconds']} s in all; JSON in {RESULTS.relative_to(REPO)},"
+        f" a line added to {HISTORY.relative_to(REPO)}"
+    )
     return 0
 
 
