@@ -42,6 +42,7 @@ from analysis.queries import build_query
 from analysis.request import parse_request, resolve
 from tests.perf.cpu_reference import CpuReference
 from tests.perf.dataset import NAMESPACE, SERVICES, start_prometheus
+from tests.perf.instructions import count_worker_instructions
 from tests.perf.loadgen import Result, post_all
 from tests.perf.memory import measure_memory
 from tests.perf.naive import naive_queries, run_naive
@@ -113,16 +114,21 @@ def fresh_end() -> float:
     return round(time.time() - 600, 0) - _end_counter * 0.001
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_tool(command: str, package: str) -> str:
+    """The path of `command`, installed from Debian's `package` first if it is missing."""
+    found = shutil.which(command)
     if found:
         return found
-    print("wrk is missing: installing it from Debian (apt-get, as root)", flush=True)
+    print(f"{command} is missing: installing {package} from Debian (apt-get, as root)", flush=True)
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
-    return shutil.which("wrk") or "wrk"
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", package], check=True, env=env)
+    return shutil.which(command) or command
+
+
+def ensure_wrk() -> str:
+    return ensure_tool("wrk", "wrk")
 
 
 def metric_value(url: str, name: str) -> float:
@@ -615,6 +621,24 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool | None]]
             "",
             None,
         )
+    if "instructions" in r:
+        counted = r["instructions"]["per_analysis"]
+        add(
+            "2. worker instructions per fresh analysis (callgrind: the host cannot move it)",
+            f"{counted / 1e6:.3f} M",
+            "",
+            None,
+            "",
+            None,
+        )
+        add(
+            "2. the host's speed: worker CPU per fresh analysis / its instructions",
+            f"{f['worker_cpu_per_analysis'] / counted * 1e9:.3f} ns",
+            "",
+            None,
+            "",
+            None,
+        )
     add(
         "2. worker CPU per analysis in the burst of item 5 (/proc)",
         ms(b["worker_cpu_per_analysis"]),
@@ -819,6 +843,7 @@ def append_history(path: Path, results: dict[str, Any], version: str) -> None:
 def main() -> int:
     began = time.perf_counter()
     ensure_wrk()
+    ensure_tool("valgrind", "valgrind")
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "setup": {
@@ -838,6 +863,10 @@ def main() -> int:
         results["burst"] = measure_burst(stack)
         results["naive_burst"] = measure_naive_burst(stack)
         results["cached"] = measure_cached(stack)
+        print("instructions: one worker under callgrind…", flush=True)
+        results["instructions"] = count_worker_instructions(
+            stack.env, stack.work, lambda i, label: body_for(i, label, fresh_end())
+        )
         print("memory: 5,000 analyses on a stack of their own…", flush=True)
         results["memory"] = measure_memory(stack.prometheus.url, stack.work, body_for)
     results["tracing_overhead"] = tracing_overhead()

@@ -99,14 +99,17 @@ class Worker(EnvProcess):
         concurrency: int = 2,
         name: str = "worker",
         queues: str = "all",
+        wrapper: list[str] | None = None,
     ) -> None:
         super().__init__(name, env, work_dir)
         self.pool = pool
         self.concurrency = concurrency
         self.queues = queues
+        self.wrapper = wrapper or []  # a command the worker runs under, e.g. valgrind's
 
     def start(self, timeout: float = 30.0) -> Worker:
-        argv = [*ENTRY, "worker", f"--pool={self.pool}", f"--concurrency={self.concurrency}"]
+        argv = [*self.wrapper, *ENTRY, "worker", f"--pool={self.pool}"]
+        argv.append(f"--concurrency={self.concurrency}")
         argv.append(f"--queues={self.queues}")
         self._spawn_env([*argv, f"--hostname={self.name}-{free_port()}@%h"])
 
