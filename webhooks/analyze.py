@@ -287,12 +287,12 @@ async def settle_lost_claim(ctx: WebhookContext, identity: str, new_id: str) -> 
             await ctx.runtime.dispatcher.enqueue(ANALYZE_TASK, [new_id])
 
 
-def answer_body(result: dict[str, Any], page: str, text: str | None = None) -> bytes:
+def answer_body(result: dict[str, Any], page: str, text: bytes | None = None) -> bytes:
     """The result with its page's address, as compact JSON; from `text` (the result's JSON as
     the worker wrote it) without parsing and dumping it again."""
-    if text and text.endswith("}") and result and "report_url" not in result:
-        return f'{text[:-1]},"report_url":{codec.dumps(page)}}}'.encode()
-    return codec.dumps({**result, "report_url": page}).encode()
+    if text and text.endswith(b"}") and result and "report_url" not in result:
+        return text[:-1] + b',"report_url":' + codec.dump_bytes(page) + b"}"
+    return codec.dump_bytes({**result, "report_url": page})
 
 
 def describe_request(
@@ -317,7 +317,7 @@ def finished(
     result: dict[str, Any],
     page: str,
     raw_key: bytes,
-    text: str | None = None,
+    text: bytes | None = None,
 ) -> Response:
     """A done analysis (its answer: the result and its page): count it, remember a
     latest-window answer for its reuse window. `text`: the result's JSON as the worker wrote

@@ -238,15 +238,16 @@ class Retention:
     replaced_ttl_seconds: int = 60
 
 
-def completion_message(status: str, body: str) -> str:
+def completion_message(status: str, body: bytes | str) -> bytes:
     """What FINISH publishes: the record's final fields, as JSON (body is JSON already)."""
-    field = "result" if status == "done" else "error"
-    value = body if body.startswith("{") else json.dumps(body)
-    return f'{{"status":{json.dumps(status)},"{field}":{value}}}'
+    raw = body.encode() if isinstance(body, str) else body
+    field = b"result" if status == "done" else b"error"
+    value = raw if raw.startswith(b"{") else json.dumps(raw.decode()).encode()
+    return b'{"status":' + json.dumps(status).encode() + b',"' + field + b'":' + value + b"}"
 
 
 # How a done analysis' completion message begins (completion_message).
-_DONE = '{"status":"done","result":'
+_DONE = b'{"status":"done","result":'
 # The record field holding a done result's JSON text as the worker wrote it: the webhook answers
 # with it as it is (worker/store.py writes compact JSON), not parsed and dumped again.
 RESULT_TEXT = "result_text"
@@ -255,12 +256,12 @@ RESULT_TEXT = "result_text"
 def decode_completion(message: bytes | str) -> dict[str, Any] | None:
     """The final record from a completion message; None from a worker that sent the bare
     status (before the message carried the outcome): the waiter reads the record then."""
-    text = message.decode() if isinstance(message, bytes) else message
-    if not text.startswith("{"):
+    raw = message.encode() if isinstance(message, str) else message
+    if not raw.startswith(b"{"):
         return None
-    record: dict[str, Any] = codec.loads(text)
-    if text.startswith(_DONE) and isinstance(record.get("result"), dict):
-        record[RESULT_TEXT] = text[len(_DONE) : -1]
+    record: dict[str, Any] = codec.loads(raw)
+    if raw.startswith(_DONE) and isinstance(record.get("result"), dict):
+        record[RESULT_TEXT] = raw[len(_DONE) : -1]  # bytes: answered as they are
     return record
 
 
@@ -353,7 +354,7 @@ class Store:
         """ok, or why nothing was recorded: already (done), not_holder (the lease was lost,
         the analysis superseded or taken over), missing. `poll`: the analysis' line on its
         rollout's timeline, written with a done result (only on one node: see on_one_node)."""
-        body = payload if isinstance(payload, str) else codec.dumps(payload)
+        body = payload.encode() if isinstance(payload, str) else codec.dump_bytes(payload)
         keys = [self.keys.record(analysis_id), self.keys.lease(analysis_id)]
         args: list[Arg] = [
             worker,

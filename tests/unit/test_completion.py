@@ -18,7 +18,7 @@ def test_the_message_is_the_final_record():
     assert record == {
         "status": "done",
         "result": {"verdict": "pass"},
-        RESULT_TEXT: '{"verdict": "pass"}',  # as the worker wrote it, answered as it is
+        RESULT_TEXT: b'{"verdict": "pass"}',  # as the worker wrote it, answered as it is
     }
     error = decode_completion(completion_message("error", "no data"))
     assert error == {"status": "error", "error": "no data"}

@@ -160,7 +160,7 @@ def test_a_wait_begun_before_the_enqueue_reads_nothing(url):
     assert record == {
         "status": "done",
         "result": {"verdict": "pass"},
-        RESULT_TEXT: '{"verdict":"pass"}',
+        RESULT_TEXT: b'{"verdict":"pass"}',
     }
     assert hgetalls(kv) == 0
 
