@@ -127,10 +127,6 @@ def ensure_tool(command: str, package: str) -> str:
     return shutil.which(command) or command
 
 
-def ensure_wrk() -> str:
-    return ensure_tool("wrk", "wrk")
-
-
 def metric_value(url: str, name: str) -> float:
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
@@ -842,7 +838,7 @@ def append_history(path: Path, results: dict[str, Any], version: str) -> None:
 
 def main() -> int:
     began = time.perf_counter()
-    ensure_wrk()
+    ensure_tool("wrk", "wrk")
     ensure_tool("valgrind", "valgrind")
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
