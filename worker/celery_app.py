@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from worker import message_json
 from worker.broker import MEMORY_ACK_QUEUES, TRANSPORT
 from worker.queues import FOLLOWUP_TASKS
 from worker.redis_clients import sync_client
@@ -22,6 +23,7 @@ log = logging.getLogger("rollout_analyzer.worker")
 
 
 def make_celery(settings: Settings) -> Celery:
+    message_json.install()  # task bodies read by orjson, to kombu's values
     app = Celery("rollout_analyzer", broker=settings.broker, backend=settings.backend)
     if settings.broker.startswith("redis://"):
         # kombu's Redis transport, sharing one client per channel (worker/broker.py).
