@@ -39,6 +39,7 @@ queues stay kombu's):
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 import time
@@ -282,6 +283,17 @@ class Channel(kombu_redis.Channel):
         if self.global_keyprefix:
             command = self.client._prefix_args(command)
         self.client.connection.send_command(*command)
+
+    # kombu's cached_property takes a lock on every read (a data descriptor: its value is never
+    # read from the instance's dict); the transport reads these a few times per message. Cached
+    # the same way (kombu looks them up in `__dict__`), read at the cost of an attribute.
+    @functools.cached_property
+    def client(self) -> Any:
+        return self._create_client(asynchronous=True)
+
+    @functools.cached_property
+    def subclient(self) -> Any:
+        return self._create_client(asynchronous=True).pubsub()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
