@@ -9,12 +9,37 @@ import math
 import time
 from typing import Any
 
+import orjson
+
 from analysis.durations import format_time
 from analysis.judge import Judgement, judge
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
 from analysis.sequential import HISTORY_KEPT, SequentialJudgement
 from analysis.sources import MetricsSource
+
+# What orjson writes and reads back is `clean`'s copy for JSON's own types (NaN/±Inf → null,
+# tuples → lists). Other values (a subclass of a builtin, a dataclass, a date, a key not a str,
+# an integer past 64 bits) go to `default`, which refuses them, and `clean` takes the whole
+# value. Enums and UUIDs, which orjson writes itself, come back as the JSON they are stored as.
+_PLAIN_ONLY = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """`clean(value)`, through orjson where it gives the same: a report's ~200 values are
+    copied in C instead of one Python call each (~18 % of judging and reporting by opcodes)."""
+    try:
+        return orjson.loads(orjson.dumps(value, default=_refuse, option=_PLAIN_ONLY))
+    except TypeError:
+        return clean(value)
 
 
 def clean(value: Any) -> Any:
@@ -103,7 +128,7 @@ def report(
     }
     if sequence:
         body["sequence"] = sequence
-    cleaned: dict[str, Any] = clean(body)
+    cleaned: dict[str, Any] = json_safe(body)
     return cleaned
 
 
