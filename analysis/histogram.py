@@ -148,7 +148,11 @@ def bucket_counts(buckets: Sequence[Bucket]) -> list[tuple[float, float]]:
     return per_bucket
 
 
-def _count_at_or_below(threshold: float, normal: Sequence[tuple[float, float]]) -> float:
+def _count_at_or_below(
+    threshold: float,
+    normal: Sequence[tuple[float, float]],
+    bounds: Sequence[float] | None = None,
+) -> float:
     """Cumulative count at ``threshold`` under histogram_quantile's model of the distribution.
 
     That model spreads each finite bucket's observations evenly between its bounds (from 0 for a
@@ -156,7 +160,8 @@ def _count_at_or_below(threshold: float, normal: Sequence[tuple[float, float]]) 
     bound, and puts the +Inf bucket's observations above every finite value (histogram_quantile
     never returns more than the highest finite bound, so they can only be "beyond" it).
     """
-    bounds = [le for le, _ in normal]
+    if bounds is None:  # `normal`'s bounds, given by a caller that reads it at many thresholds
+        bounds = [le for le, _ in normal]
     index = bisect_left(bounds, threshold)
     if index == len(normal):
         return normal[-1][1]
@@ -217,8 +222,9 @@ def _per_bucket_on(bounds: Sequence[float], normal: Sequence[tuple[float, float]
     """Per-bucket counts of one side re-expressed on a common set of bounds."""
     counts: list[float] = []
     previous = 0.0
+    own = [le for le, _ in normal]
     for bound in bounds:
-        cumulative = _count_at_or_below(bound, normal) if normal else 0.0
+        cumulative = _count_at_or_below(bound, normal, own) if normal else 0.0
         counts.append(cumulative - previous)
         previous = cumulative
     return counts

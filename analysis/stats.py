@@ -190,21 +190,34 @@ def _hypergeometric_upper_tail(k: int, successes: int, failures: int, draws: int
     mode = (draws + 1) * (successes + 1) // (successes + failures + 2)
     if k > mode:
         log_first = _log_hypergeometric_pmf(k, successes, failures, draws)
-        return math.exp(log_first) * _relative_tail_sum(
-            k,
-            high,
-            1,
-            lambda x: (successes - x) * (draws - x) / ((x + 1) * (failures - draws + x + 1)),
-        )
+        return math.exp(log_first) * _hypergeometric_walk(k, high, successes, failures, draws)
     # k is at or below the mode: sum the complement, which lies beyond the mode on the other side.
     log_first = _log_hypergeometric_pmf(k - 1, successes, failures, draws)
-    lower_tail = math.exp(log_first) * _relative_tail_sum(
-        k - 1,
-        low,
-        -1,
-        lambda x: x * (failures - draws + x) / ((successes - x + 1) * (draws - x + 1)),
-    )
+    lower_tail = math.exp(log_first) * _hypergeometric_walk(k - 1, low, successes, failures, draws)
     return 1.0 - lower_tail
+
+
+def _hypergeometric_walk(start: int, stop: int, successes: int, failures: int, draws: int) -> float:
+    """`_relative_tail_sum` for the hypergeometric pmf, from ``start`` up or down to ``stop``,
+    with the ratio of neighbouring terms written out: the same integers divided, so the same
+    floats, without a Python call per term (a judgement walks ~200 terms: a tenth of its work)."""
+    step = 1 if stop >= start else -1
+    gap = failures - draws
+    total = 0.0
+    term = 1.0
+    x = start
+    while True:
+        total += term
+        if x == stop:
+            return total
+        if step == 1:  # pmf(x + 1) / pmf(x)
+            ratio = (successes - x) * (draws - x) / ((x + 1) * (gap + x + 1))
+        else:  # pmf(x - 1) / pmf(x)
+            ratio = x * (gap + x) / ((successes - x + 1) * (draws - x + 1))
+        term *= ratio
+        x += step
+        if ratio < 1 and term / (1 - ratio) <= total * _TAIL_RELATIVE_TOLERANCE:
+            return total + term
 
 
 def _binomial_upper_tail(k: int, n: int, p: float) -> float:
