@@ -20,7 +20,7 @@ VALUES: list[Any] = [
     {"a": 1, "b": [1.5, "x", None, True, False], "c": {"d": -0.0}},
     {"reasons": ["p99 ≤ 250 ms", "α 0.05"], "é": "ü"},
     # Values kombu tags, which orjson alone would leave as dicts.
-    {"at": datetime.datetime(2026, 12, 1, 20, 0, tzinfo=datetime.timezone.utc)},
+    {"at": datetime.datetime(2026, 12, 1, 20, 0, tzinfo=datetime.UTC)},
     {"day": datetime.date(2026, 12, 1), "id": uuid.UUID(int=7), "n": decimal.Decimal("1.25")},
     {"__type__": "not one of kombu's", "x": 1},  # a plain dict that looks tagged
     # Integers at and past 64 bits: orjson reads the latter as floats, Python's json as ints.
@@ -54,7 +54,7 @@ def test_every_form_of_a_value_reads_as_kombu_reads_it(value: Any) -> None:
 
 
 def test_nan_and_malformed_text_read_or_fail_as_kombu_does() -> None:
-    for text in ['[NaN, 1]', '{"a": ', "nope", '{"a": 1} trailing', '"\\ud800"']:
+    for text in ["[NaN, 1]", '{"a": ', "nope", '{"a": 1} trailing', '"\\ud800"']:
         for form in forms(text):
             assert outcome(message_json.loads, form) == outcome(kombu_json.loads, form)
 
@@ -69,13 +69,13 @@ def test_a_celery_envelope_as_the_webhook_writes_it_is_read_without_kombus_decod
     def refuse(*_: Any, **__: Any) -> Any:
         raise AssertionError("kombu's decoder used for a plain envelope")
 
-    monkeypatch.setattr(message_json.kombu_json, "loads", refuse)
+    monkeypatch.setattr(kombu_json, "loads", refuse)  # the module message_json calls
     assert message_json.loads(envelope) == expected
 
 
 def test_task_bodies_decode_through_it_once_the_worker_app_is_made() -> None:
     message_json.install()
-    body = [["an-id"], {"eta": datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)}, {}]
+    body = [["an-id"], {"eta": datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)}, {}]
     content_type, encoding, data = serialization.dumps(body, serializer="json")
     assert content_type == message_json.CONTENT_TYPE
     decoded = serialization.loads(data, content_type, encoding, accept=[content_type])

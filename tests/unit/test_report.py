@@ -96,6 +96,11 @@ def test_reports_are_json_safe_and_copied_as_clean_copies_them(
         assert not (isinstance(leaf, float) and not math.isfinite(leaf))
 
     raw: list[Any] = []
-    monkeypatch.setattr(report_module, "json_safe", lambda value: raw.append(value) or value)
+
+    def keep(value: Any) -> Any:
+        raw.append(value)
+        return value
+
+    monkeypatch.setattr(report_module, "json_safe", keep)
     report(spec(), observation, judgement, sequence)
     assert repr(body) == repr(clean(raw[0]))
