@@ -10,7 +10,6 @@ large counts, and tails are summed relative to their first term with an explicit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -156,15 +155,22 @@ def _log_hypergeometric_pmf(x: int, successes: int, failures: int, draws: int) -
     )
 
 
-def _relative_tail_sum(
-    start: int, stop: int, step: int, ratio_to_next: Callable[[int], float]
-) -> float:
-    """Sum of pmf(x) / pmf(start) for x = start, start + step, ... up to ``stop`` (inclusive).
+# The pmfs whose tails are walked, each in one direction: the ratio of neighbouring terms is
+# written out for each in `_relative_tail_sum` (a Python call per term was a tenth of a judgement).
+_HYPERGEOMETRIC_UP = 0  # pmf(x + 1) / pmf(x), with a = successes, b = failures - draws, c = draws
+_HYPERGEOMETRIC_DOWN = 1  # pmf(x - 1) / pmf(x), same a, b, c
+_BINOMIAL_UP = 2  # pmf(x + 1) / pmf(x), with a = n, b = p / q
+_BINOMIAL_DOWN = 3  # pmf(x - 1) / pmf(x), same a, b
+
+
+def _relative_tail_sum(start: int, stop: int, pmf: int, a: int, b: float, c: int = 0) -> float:
+    """Sum of pmf(x) / pmf(start) for x = start, start +- 1, ... up to ``stop`` (inclusive).
 
     Callers start on one side of the mode and walk away from it, where the terms of these
     log-concave pmfs shrink by a falling ratio r: the rest of the tail is then at most
     term / (1 - r), and the walk stops once that is negligible against the sum so far.
     """
+    step = 1 if pmf in (_HYPERGEOMETRIC_UP, _BINOMIAL_UP) else -1
     total = 0.0
     term = 1.0
     x = start
@@ -172,7 +178,14 @@ def _relative_tail_sum(
         total += term
         if x == stop:
             return total
-        ratio = ratio_to_next(x)
+        if pmf == _HYPERGEOMETRIC_UP:
+            ratio = (a - x) * (c - x) / ((x + 1) * (b + x + 1))
+        elif pmf == _HYPERGEOMETRIC_DOWN:
+            ratio = x * (b + x) / ((a - x + 1) * (c - x + 1))
+        elif pmf == _BINOMIAL_UP:
+            ratio = (a - x) * b / (x + 1)
+        else:
+            ratio = x / ((a - x + 1) * b)
         term *= ratio
         x += step
         if ratio < 1 and term / (1 - ratio) <= total * _TAIL_RELATIVE_TOLERANCE:
@@ -190,34 +203,13 @@ def _hypergeometric_upper_tail(k: int, successes: int, failures: int, draws: int
     mode = (draws + 1) * (successes + 1) // (successes + failures + 2)
     if k > mode:
         log_first = _log_hypergeometric_pmf(k, successes, failures, draws)
-        return math.exp(log_first) * _hypergeometric_walk(k, high, successes, failures, draws)
+        up = _relative_tail_sum(k, high, _HYPERGEOMETRIC_UP, successes, failures - draws, draws)
+        return math.exp(log_first) * up
     # k is at or below the mode: sum the complement, which lies beyond the mode on the other side.
     log_first = _log_hypergeometric_pmf(k - 1, successes, failures, draws)
-    lower_tail = math.exp(log_first) * _hypergeometric_walk(k - 1, low, successes, failures, draws)
+    down = _relative_tail_sum(k - 1, low, _HYPERGEOMETRIC_DOWN, successes, failures - draws, draws)
+    lower_tail = math.exp(log_first) * down
     return 1.0 - lower_tail
-
-
-def _hypergeometric_walk(start: int, stop: int, successes: int, failures: int, draws: int) -> float:
-    """`_relative_tail_sum` for the hypergeometric pmf, from ``start`` up or down to ``stop``,
-    with the ratio of neighbouring terms written out: the same integers divided, so the same
-    floats, without a Python call per term (a judgement walks ~200 terms: a tenth of its work)."""
-    step = 1 if stop >= start else -1
-    gap = failures - draws
-    total = 0.0
-    term = 1.0
-    x = start
-    while True:
-        total += term
-        if x == stop:
-            return total
-        if step == 1:  # pmf(x + 1) / pmf(x)
-            ratio = (successes - x) * (draws - x) / ((x + 1) * (gap + x + 1))
-        else:  # pmf(x - 1) / pmf(x)
-            ratio = x * (gap + x) / ((successes - x + 1) * (draws - x + 1))
-        term *= ratio
-        x += step
-        if ratio < 1 and term / (1 - ratio) <= total * _TAIL_RELATIVE_TOLERANCE:
-            return total + term
 
 
 def _binomial_upper_tail(k: int, n: int, p: float) -> float:
@@ -231,11 +223,9 @@ def _binomial_upper_tail(k: int, n: int, p: float) -> float:
     odds = p / q
     if k > mode:
         log_first = _log_binomial_pmf(k, n, p, q)
-        return math.exp(log_first) * _relative_tail_sum(k, n, 1, lambda x: (n - x) * odds / (x + 1))
+        return math.exp(log_first) * _relative_tail_sum(k, n, _BINOMIAL_UP, n, odds)
     log_first = _log_binomial_pmf(k - 1, n, p, q)
-    lower_tail = math.exp(log_first) * _relative_tail_sum(
-        k - 1, 0, -1, lambda x: x / ((n - x + 1) * odds)
-    )
+    lower_tail = math.exp(log_first) * _relative_tail_sum(k - 1, 0, _BINOMIAL_DOWN, n, odds)
     return 1.0 - lower_tail
 
 
