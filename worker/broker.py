@@ -1,6 +1,6 @@
 """kombu's Redis transport, made cheaper per task where our own store already covers a loss.
 
-Four changes to kombu 5.7's Redis transport, nothing else (messages, BRPOP, priorities and the
+Five changes to kombu 5.7's Redis transport, nothing else (messages, BRPOP, priorities and the
 queues stay kombu's):
 
 1. **One client object per channel** instead of one per command: kombu built a new
@@ -35,6 +35,8 @@ queues stay kombu's):
    for two workers (a burst's 900 took 22 s).
 4. **The envelope read by orjson** (worker/message_json.py): the same values as kombu's
    `loads`, which builds a Python json decoder per message.
+5. **The channel's clients cached as plain attributes**: kombu's `cached_property` takes a lock
+   on every read, a few times per message.
 """
 
 from __future__ import annotations
@@ -284,9 +286,9 @@ class Channel(kombu_redis.Channel):
             command = self.client._prefix_args(command)
         self.client.connection.send_command(*command)
 
-    # kombu's cached_property takes a lock on every read (a data descriptor: its value is never
-    # read from the instance's dict); the transport reads these a few times per message. Cached
-    # the same way (kombu looks them up in `__dict__`), read at the cost of an attribute.
+    # Change 5. kombu's cached_property is a data descriptor, so its value is never read from the
+    # instance's dict directly. These keep the value in `__dict__` too, where kombu looks for it,
+    # and are read at the cost of an attribute.
     @functools.cached_property
     def client(self) -> Any:
         return self._create_client(asynchronous=True)

@@ -2,7 +2,7 @@
 
 kombu reads both with Python's json and an object hook (a new decoder per call, a Python call
 per object): ~10 % of an analysis worker's CPU samples (docs/performance.md, seventeenth pass).
-orjson reads the same text to the same values, except two kinds, which still go to kombu's own
+orjson reads the same text to the same values, except three kinds, which still go to kombu's own
 `loads`: values kombu tags as `{"__type__": ..., "__value__": ...}` (datetimes, UUIDs, decimals,
 bytes), found by the marker in the text; integers of 19 digits or more, found the same way
 (orjson reads one past 64 bits as a float, Python's json as an int); and text orjson refuses
