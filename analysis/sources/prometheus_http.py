@@ -6,13 +6,14 @@ character by character into the URL). Queries are POSTed as a form, as Prometheu
 does, falling back to GET where a server or proxy answers 405/501.
 
 The direct route (no proxy: the usual case, Prometheus in the cluster) is a small keep-alive pool
-on `http.client`, shared by a worker's threads. CPU per query (thread_time over rounds of 500
-queries of the 1.7 KB analysis form to a local Prometheus, JSON parse included, both clients
-interleaved; median of 7 rounds, two runs): 0.63-0.69 ms through urllib3's PoolManager,
-0.37-0.43 ms here (-0.26 ms). Per query (strace) urllib3 made 5 poll, 2 ioctl, 2 sendto and
-2 recvfrom calls, this 4, 1, 2 and 2: no poll of the reused socket (is_connection_dropped), one
-timeout set; the rest is Python urllib3 no longer runs (URL parsing, header dicts, Timeout and
-response objects). Headers and body still go in two sends (http.client in 3.11). Nothing checks
+of sockets, shared by a worker's threads: a request's head and body go out in one send, and the
+answer is parsed by httptools (llhttp in C, uvicorn's parser, a dependency already). It was
+`http.client` until the eighteenth pass (docs/performance.md): that sent head and body apart and
+read the status line and each header in Python, the headers through the email package, a cold
+path run once per analysis; the worker's instructions per fresh analysis went 6.69 -> 6.36 M.
+Before, urllib3's PoolManager had cost 0.63-0.69 ms of CPU per query against 0.37-0.43 ms on
+http.client (URL parsing, header dicts, Timeout and response objects, a poll of the reused
+socket). Nothing checks
 an idle connection before reuse: one the server closed meanwhile fails at once (broken pipe,
 reset, EOF; SSLEOFError over TLS) and the request is sent once more, at once, on a fresh
 connection (a query is idempotent). Through a proxy (HTTP(S)_PROXY, NO_PROXY, read from the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import os
+import socket
 import ssl
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlsplit
 
+import httptools
 import orjson
 import urllib3
 
@@ -93,7 +96,8 @@ POOL_SIZE = 16  # idle connections kept per Prometheus; a worker's threads share
 class PrometheusHTTP:
     def __init__(self, config: PrometheusConfig) -> None:
         self.base = config.url.rstrip("/")
-        self.headers = {"Accept": "application/json"}
+        # identity: as http.client said; without it a server may answer gzipped
+        self.headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if config.token:
             self.headers["Authorization"] = f"Bearer {config.token}"
         elif config.username:
@@ -101,6 +105,9 @@ class PrometheusHTTP:
                 basic_auth=f"{config.username}:{config.password or ''}"
             )
             self.headers.update(basic)
+        for name, value in self.headers.items():
+            if any(c in value for c in "\r\n\0"):  # it would end the header, start another
+                raise ValueError(f"Prometheus {name} header: a line break or NUL in the secret")
         self.post = True  # until the server says it takes GET only
         self.transport = _transport(self.base, config)
 
@@ -159,21 +166,55 @@ class _ClosedWhileIdle(Exception):
     """A reused connection that the server had closed: the request never reached it."""
 
 
-class DirectPool:
-    """Keep-alive `http.client` connections to one Prometheus, shared by a worker's threads.
+class _Answer:
+    """httptools' callbacks for one response: its body, and whether it has ended."""
 
-    Idle connections wait in a list used as a LIFO (append and pop are atomic: no lock), so the
-    most recently used, the least likely to have been closed by the server, goes out first.
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.headers_done = False
+        self.framed = False  # a length or chunks say where the body ends, not the close
+        self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None  # set once made with this
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        # llhttp knows it here (version, Connection); after the message it has been reset.
+        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class DirectPool:
+    """Keep-alive HTTP/1.1 connections to one Prometheus, shared by a worker's threads.
+
+    A request goes out in one send (http.client sent head and body apart) and its answer is
+    parsed by httptools (llhttp, in C; uvicorn's parser, already ours): http.client read the
+    status line and each header in Python and parsed the headers with the email package, a
+    cold path run once per analysis. Idle sockets wait in a list used as a LIFO (append and pop
+    are atomic: no lock), so the most recently used, the least likely to have been closed by
+    the server, goes out first.
     """
 
     def __init__(self, base: str, context: ssl.SSLContext | None) -> None:
         parts = urlsplit(base)
+        if any(c in base for c in _UNSAFE_IN_URL):
+            raise ValueError(f"Prometheus URL {base!r}: spaces or control characters")
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (443 if context is not None else 80)
+        self.host_header = parts.netloc.rpartition("@")[2]
         self.prefix_length = len(f"{parts.scheme}://{parts.netloc}")  # url[n:]: path and query
         self.context = context
         self.size = POOL_SIZE
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[socket.socket] = []
 
     @property
     def idle(self) -> int:
@@ -182,89 +223,112 @@ class DirectPool:
     def send(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
     ) -> tuple[int, bytes]:
-        target = url[self.prefix_length :] or "/"
+        request = self._request(method, url[self.prefix_length :] or "/", body, headers)
         try:
-            conn = self._idle.pop()
+            sock = self._idle.pop()
         except IndexError:
             pass
         else:
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-            conn.timeout = timeout
             try:
-                return self._exchange(conn, method, target, body, headers, reused=True)
+                return self._exchange(sock, request, timeout, reused=True)
             except _ClosedWhileIdle:
                 pass  # once more, at once, on a fresh connection
-        return self._exchange(self._connect(timeout), method, target, body, headers, reused=False)
+        return self._exchange(self._connect(timeout), request, timeout, reused=False)
 
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
-        if self.context is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        else:
-            conn = http.client.HTTPSConnection(
-                self.host, self.port, timeout=timeout, context=self.context
-            )
+    def _request(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+    ) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
+        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        head = "\r\n".join(lines)
+        breaks = len(lines) - 1  # the joins' own: a header must not start another
+        if head.count("\r") != breaks or head.count("\n") != breaks or "\0" in head:
+            raise ValueError("a Prometheus request header holds a line break or NUL")
+        return (head + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+    def _connect(self, timeout: float) -> socket.socket:
         try:
-            conn.connect()  # the TLS handshake included
-        except ssl.SSLError as exc:
-            conn.close()
-            raise TLSError(_described(exc)) from exc
+            sock = socket.create_connection((self.host, self.port), timeout)
         except OSError as exc:
-            conn.close()
             where = f"{self.host}:{self.port}"
             raise PrometheusConnectionError(
                 f"cannot connect to {where}: {_described(exc)}"
             ) from exc
-        return conn
+        with suppress(OSError):  # as http.client: the request in one segment, no Nagle wait
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.context is None:
+            return sock
+        try:
+            return self.context.wrap_socket(sock, server_hostname=self.host)  # the handshake
+        except ssl.SSLError as exc:
+            sock.close()
+            raise TLSError(_described(exc)) from exc
+        except OSError as exc:
+            sock.close()
+            raise PrometheusConnectionError(
+                f"cannot connect to {self.host}:{self.port}: {_described(exc)}"
+            ) from exc
 
     def _exchange(
-        self,
-        conn: http.client.HTTPConnection,
-        method: str,
-        target: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        reused: bool,
+        self, sock: socket.socket, request: bytes, timeout: float, reused: bool
     ) -> tuple[int, bytes]:
+        answer = _Answer()
+        parser = answer.parser = httptools.HttpResponseParser(answer)
         try:
-            conn.request(method, target, body, headers)
-            response = conn.getresponse()
-            data = response.read()
+            sock.settimeout(timeout)
+            sock.sendall(request)
+            while not answer.complete:
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    if answer.headers_done and not answer.framed:
+                        break  # a body that ends with the connection
+                    raise _ended_early(answer)
+                parser.feed_data(data)
         except BaseException as exc:
-            conn.close()  # never back into the pool in an unknown state
+            sock.close()  # never back into the pool in an unknown state
             if reused and _closed_by_server(exc):
                 raise _ClosedWhileIdle from exc
             if isinstance(exc, ssl.SSLError):
                 raise TLSError(_described(exc)) from exc
-            if isinstance(exc, OSError | http.client.HTTPException):
+            if isinstance(exc, OSError | httptools.HttpParserError):
                 raise TransportError(_described(exc)) from exc
             raise
-        if response.will_close:
-            conn.close()
+        finally:
+            answer.parser = None  # no cycle left for the garbage collector
+        if answer.complete and answer.keep_alive:
+            self._give_back(sock)
         else:
-            self._give_back(conn)
-        return response.status, data
+            sock.close()
+        return parser.get_status_code(), b"".join(answer.chunks)
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, sock: socket.socket) -> None:
         # Lock-free and still bounded: whoever appends and then sees more than `size` idle takes
         # the oldest out, so once returns settle at most `size` are kept.
-        self._idle.append(conn)
+        self._idle.append(sock)
         if len(self._idle) > self.size:
             with suppress(IndexError):  # another thread took it meanwhile
                 self._idle.pop(0).close()
 
 
+_READ_SIZE = 65536
+_UNSAFE_IN_URL = frozenset(" \t\r\n\0")
+
+
+def _ended_early(answer: _Answer) -> ConnectionError:
+    if not answer.headers_done and not answer.chunks:
+        # Nothing of an answer: what a connection the server closed while idle gives.
+        return ConnectionResetError("the server closed the connection without an answer")
+    return ConnectionError("the server closed the connection in the middle of its answer")
+
+
 def _closed_by_server(exc: BaseException) -> bool:
     """What a request on a connection the server closed while it was idle fails with: the send
-    (broken pipe, reset) or the status line (EOF: RemoteDisconnected, a ConnectionResetError)."""
+    (broken pipe, reset) or the first read (EOF before any answer, `_ended_early`; reset)."""
     if isinstance(exc, BrokenPipeError | ConnectionResetError | ConnectionAbortedError):
         return True
-    if isinstance(exc, ssl.SSLEOFError):  # the TLS flavour of the same EOF
-        return True
-    # An empty status line, should it come as a plain BadStatusLine (http.client makes it
-    # RemoteDisconnected, caught above).
-    return isinstance(exc, http.client.BadStatusLine) and str(exc) in ("", "''")
+    return isinstance(exc, ssl.SSLEOFError)  # the TLS flavour of the same EOF
 
 
 def _described(exc: BaseException) -> str:

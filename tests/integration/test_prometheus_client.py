@@ -1,9 +1,10 @@
-"""The PromQL client's direct route (analysis/sources/prometheus_http.py): a keep-alive pool on
-http.client. Against a tiny HTTP/1.1 server written here, which counts the connections it accepts
-and the requests it reads: queries in a row share one connection; a connection the server closed
-while idle is retried once, at once, on a fresh one, and only once; refused and silent servers end
-as a SourceError in time. Against the real Prometheus: threads share the pool, which keeps at most
-POOL_SIZE idle connections."""
+"""The PromQL client's direct route (analysis/sources/prometheus_http.py): a keep-alive pool of
+sockets, answers parsed by httptools. Against a tiny HTTP/1.1 server written here, which counts
+the connections it accepts and the requests it reads: the request's head; queries in a row share
+one connection; chunked answers, answers ended by the close, answers cut short; a connection the
+server closed while idle is retried once, at once, on a fresh one, and only once; a secret that
+would break the head is refused; refused and silent servers end as a SourceError in time. Against
+the real Prometheus: threads share the pool, which keeps at most POOL_SIZE idle connections."""
 
 from __future__ import annotations
 
@@ -42,14 +43,17 @@ VECTOR = json.dumps({"status": "success", "data": {"resultType": "vector", "resu
 
 class CountingServer:
     """HTTP/1.1 with keep-alive. `mode`: "answer"; "answer-then-close" (answers, then closes the
-    socket, with no `Connection: close` said); "drop" (reads the request, closes without an
-    answer); "hang" (reads the request, never answers)."""
+    socket, with no `Connection: close` said); "chunked" (the body in chunks); "unframed" (no
+    length, no chunks: the body ends with the connection); "half" (half the body it announced,
+    then the connection closed); "drop" (reads the request, closes without an answer); "hang"
+    (reads the request, never answers)."""
 
     def __init__(self, tls: Any = None) -> None:
         self.mode = "answer"
         self.connections = 0
         self.closed = 0
         self.requests: list[str] = []
+        self.heads: list[dict[str, str]] = []  # each request's headers, as the server read them
         self.changed = threading.Condition()
         self.release = threading.Event()
         counter = self
@@ -64,6 +68,7 @@ class CountingServer:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with counter.changed:
                     counter.requests.append(f"{self.command} {self.path}")
+                    counter.heads.append(dict(self.headers.items()))
                     counter.changed.notify_all()
                 mode = counter.mode
                 if mode == "hang":
@@ -71,12 +76,21 @@ class CountingServer:
                 if mode in ("drop", "hang"):
                     self.close_connection = True
                     return
+                body = VECTOR.encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(VECTOR.encode())))
+                if mode == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif mode != "unframed":
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(VECTOR.encode())
-                if mode == "answer-then-close":
+                if mode == "chunked":
+                    for part in (body[:10], body[10:]):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.wfile.write(body[: len(body) // 2] if mode == "half" else body)
+                if mode in ("answer-then-close", "unframed", "half"):
                     self.close_connection = True
 
             do_GET = do_POST
@@ -146,6 +160,58 @@ def test_queries_in_a_row_share_one_connection(served):
     assert server.connections == 1
     assert server.requests == ["POST /api/v1/query"] * 5
     assert http.transport.idle == 1
+
+
+def test_the_request_head_names_the_host_its_body_and_the_credentials(served):
+    server, tls = served
+    http = PrometheusHTTP(PrometheusConfig(url=server.url, token="s3cret", **tls))
+    assert query(http) == [SAMPLE]
+    head = server.heads[0]
+    assert head["Host"] == server.url.split("://")[1]
+    assert head["Authorization"] == "Bearer s3cret"
+    assert head["Content-Type"] == "application/x-www-form-urlencoded"
+    form = "query=up%7Bjob%3D%22x%22%7D&time=1700000000"
+    assert head["Content-Length"] == str(len(form))
+    assert head["Accept-Encoding"] == "identity"  # never a gzipped answer
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept(served):
+    server, tls = served
+    server.mode = "chunked"
+    http = PrometheusHTTP(PrometheusConfig(url=server.url, **tls))
+    assert [query(http) for _ in range(3)] == [[SAMPLE]] * 3
+    assert server.connections == 1
+
+
+def test_an_answer_that_ends_with_its_connection_is_read_whole_and_not_kept(served):
+    server, tls = served
+    server.mode = "unframed"
+    http = PrometheusHTTP(PrometheusConfig(url=server.url, **tls))
+    assert [query(http) for _ in range(2)] == [[SAMPLE]] * 2
+    assert server.connections == 2
+    assert isinstance(http.transport, DirectPool) and http.transport.idle == 0
+
+
+def test_an_answer_cut_short_is_a_transport_error_not_a_short_body(served):
+    server, tls = served
+    server.mode = "half"
+    http = PrometheusHTTP(PrometheusConfig(url=server.url, **tls))
+    with pytest.raises(TransportError, match="middle of its answer"):
+        query(http)
+    assert isinstance(http.transport, DirectPool) and http.transport.idle == 0
+    server.mode = "answer"
+    assert query(http) == [SAMPLE]  # a fresh connection
+
+
+@pytest.mark.parametrize("token", ["a\r\nX-Injected: 1", "a\nb", "a\x00b"])
+def test_a_secret_that_would_break_the_request_head_is_refused_before_any_request(token):
+    server = CountingServer()
+    try:
+        with pytest.raises(ValueError, match="Authorization header: a line break or NUL"):
+            PrometheusHTTP(PrometheusConfig(url=server.url, token=token))
+        assert server.connections == 0
+    finally:
+        server.stop()
 
 
 def test_a_connection_the_server_closed_while_idle_is_retried_once_at_once(served):
