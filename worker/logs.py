@@ -8,16 +8,20 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
 from worker.tracing import current_ids
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    """A worker writes a line per analysis: ~175,000 instructions each with json and the stdlib's
+    defaults, ~100,000 now (orjson, the second's text kept, no caller looked up)."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -30,7 +34,22 @@ class JsonFormatter(logging.Formatter):
             line.setdefault(key, value)
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(line, default=str)
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # what orjson will not write (an int past 64 bits): json's way
+            return json.dumps(line, default=str)
+
+
+_second: tuple[int, str] = (-1, "")  # the last second written, as text
+
+
+def _utc_second(second: int) -> str:
+    global _second
+    cached = _second  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _second = cached
+    return cached[1]
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -39,6 +58,9 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The caller's file, line and function (a walk up the stack per line) are in no line we
+    # write: the logging docs' own way to skip that walk.
+    logging._srcfile = None
     for noisy in ("uvicorn.access", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if root.level == logging.INFO:
