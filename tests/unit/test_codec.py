@@ -1,17 +1,21 @@
 """What is big in Redis is packed (worker/codec.py): an analysis' result and a live sequence's
-state. Values an earlier version wrote (plain JSON) still read; a corrupt one is named, never
-a crash. Store and sequences on a real redis-server: the Lua scripts carry the packed bytes."""
+state. Values earlier versions wrote (plain JSON, zlib-packed) still read; a corrupt one is
+named, never a crash. Store and sequences on a real redis-server: the Lua scripts carry the
+packed bytes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import fakeredis
 import pytest
 import redis
 import redis.asyncio as aioredis
+import zstandard
 
 from analysis.observation import SideCounts
 from analysis.policy import PolicySet
@@ -68,12 +72,43 @@ def test_pack_round_trips_text_and_reads_plain_values_as_they_are():
     assert codec.unpack("enqueue failed") == "enqueue failed"
 
 
+def test_a_value_packed_with_zlib_by_the_previous_version_still_reads():
+    text = json.dumps(RESULT, ensure_ascii=False)
+    assert codec.unpack(codec.ZLIB_MARK + zlib.compress(text.encode(), 1)) == text
+
+
+def zstd_frame_claiming(size: int) -> bytes:
+    """A zstd frame header that says the frame holds `size` bytes, and nothing after it: the
+    magic number, then a descriptor (single segment, an 8-byte content size) and the size."""
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + size.to_bytes(8, "little")
+    assert zstandard.frame_content_size(frame) == size
+    return frame
+
+
 @pytest.mark.parametrize(
-    "raw", [codec.MARK + b"not zlib", codec.pack("{}")[:-3], b"\xff\xfe not utf-8"]
+    "raw",
+    [
+        codec.MARK + b"not zstd",
+        codec.pack("{}")[:-3],
+        codec.pack('{"a": 1}')[:-1] + b"\x00",  # the checksum no longer matches
+        codec.ZLIB_MARK + b"not zlib",
+        b"\xff\xfe not utf-8",
+        codec.MARK + zstd_frame_claiming(1 << 40),  # never allocated
+    ],
 )
 def test_a_corrupt_value_is_one_clear_error(raw):
     with pytest.raises(codec.Unreadable, match="stored value is corrupt"):
         codec.unpack(raw)
+
+
+def test_threads_packing_at_once_each_get_their_own_value_back():
+    texts = [json.dumps({**RESULT, "thread": n}) for n in range(16)]
+
+    def round_trips(text: str) -> bool:
+        return all(codec.unpack(codec.pack(text)) == text for _ in range(200))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(round_trips, texts))
 
 
 def test_the_stored_result_is_packed_and_every_reader_gets_it_back(kv, redis_flushed):
