@@ -45,8 +45,8 @@ class CountingServer:
     """HTTP/1.1 with keep-alive. `mode`: "answer"; "answer-then-close" (answers, then closes the
     socket, with no `Connection: close` said); "chunked" (the body in chunks); "unframed" (no
     length, no chunks: the body ends with the connection); "half" (half the body it announced,
-    then the connection closed); "drop" (reads the request, closes without an answer); "hang"
-    (reads the request, never answers)."""
+    then the connection closed); "unavailable" (503) and "bad-request" (400); "drop" (reads the
+    request, closes without an answer); "hang" (reads the request, never answers)."""
 
     def __init__(self, tls: Any = None) -> None:
         self.mode = "answer"
@@ -75,6 +75,9 @@ class CountingServer:
                     counter.release.wait(10)
                 if mode in ("drop", "hang"):
                     self.close_connection = True
+                    return
+                if mode in ("unavailable", "bad-request"):
+                    self.send_error(503 if mode == "unavailable" else 400)
                     return
                 body = VECTOR.encode()
                 self.send_response(200)
@@ -279,6 +282,30 @@ def causes(exc: BaseException) -> list[BaseException]:
         exc = exc.__cause__
         chain.append(exc)
     return chain
+
+
+def test_a_503_is_tried_max_attempts_times_with_backoff_a_400_once():
+    server = CountingServer()
+    try:
+        server.mode = "unavailable"
+        source = PrometheusSource(PrometheusConfig(url=server.url, max_attempts=3))
+        began = time.monotonic()
+        with pytest.raises(SourceError, match="the query failed: HTTP 503"):
+            source.samples("up", time.time())
+        waited = time.monotonic() - began
+        assert len(server.requests) == 3
+        assert 0.1 + 0.2 <= waited < 2.0 + 1.0  # two backoffs: 0.1 s and 0.2 s, each + jitter
+        server.mode = "bad-request"
+        with pytest.raises(SourceError, match="rejected by Prometheus: HTTP 400"):
+            source.samples("up", time.time())
+        assert len(server.requests) == 4  # a 4xx is not worth another attempt
+        server.mode = "unavailable"
+        began = time.monotonic()
+        with pytest.raises(SourceError, match="HTTP 503"):
+            source.samples("up", time.time(), deadline=began + 0.15)
+        assert len(server.requests) == 5  # no second attempt: it would not fit the deadline
+    finally:
+        server.stop()
 
 
 def test_connection_refused_is_retried_then_a_source_error():
