@@ -2,7 +2,8 @@
 
 worker/broker.py: an analysis message is held in the worker's memory only (its claim and lease
 recover a lost one); a follow-up's goes to kombu's unacked hash, so a dead worker's chat or
-traffic task comes back after the visibility timeout. Both come back at a warm shutdown.
+traffic task comes back after the visibility timeout. Both come back at a warm shutdown. The
+loop adds the BRPOP socket to epoll once, not on every tick.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import time
 from collections.abc import Iterator
 from queue import Empty
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
 from celery import Celery
+from kombu.asynchronous import Hub
 from kombu.connection import Connection
 from kombu.entity import Queue
+from kombu.messaging import Consumer
 
 from tests.support.procs import RedisServer, wait_for
 from tests.support.service import Worker, service_env
@@ -245,3 +248,44 @@ def test_a_capped_brpop_redis_reads_after_the_unblock_still_ends_at_once(
         channel._in_poll = None  # type: ignore[assignment]
         connection.release()
         kv.close()
+
+
+def test_the_loop_adds_a_socket_to_epoll_once_and_again_after_a_disconnect(broker) -> None:
+    """Change 6: kombu re-added the BRPOP socket on every tick of the loop (EEXIST, an
+    exception, each time); ours adds it once, and again when a dropped connection comes back."""
+    connection, _ = broker
+    hub = Hub()
+    connection.transport.register_with_event_loop(connection.connection, hub)
+    got: list[int] = []
+
+    def received(body: dict[str, int], message: Any) -> None:
+        got.append(body["i"])
+        message.ack()
+
+    channel = connection.default_channel
+    Consumer(channel, [Queue(ANALYSES)], callbacks=[received], accept=["json"]).consume()
+    registered: list[int] = []
+    register = hub.poller.register
+
+    def counted(fd: int, events: int) -> Any:
+        registered.append(fd)
+        return register(fd, events)
+
+    hub.poller.register = counted
+
+    def deliver(numbers: range) -> None:
+        for i in numbers:
+            publish(connection, ANALYSES, {"i": i})  # type: ignore[dict-item]
+        deadline = time.monotonic() + 10
+        while len(got) < numbers.stop and time.monotonic() < deadline:
+            hub.run_once()
+        assert got == list(range(numbers.stop))
+
+    deliver(range(0, 5))
+    first = len(registered)
+    assert 1 <= first <= 3
+    deliver(range(5, 25))
+    assert len(registered) == first  # twenty messages, as many ticks and more: no new add
+    channel.client.connection.disconnect()  # a dropped connection
+    deliver(range(25, 30))
+    assert len(registered) > first  # the new socket was added, and is read
