@@ -126,6 +126,12 @@ def test_a_rejected_analysis_is_requeued_or_dropped_as_asked(broker) -> None:
     assert kv.llen(ANALYSES) == 0  # the dropped one stays dropped
 
 
+def missing_lines(log: str) -> int:
+    """The worker's JSON log lines of a task that found no analysis to run."""
+    lines = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return sum(1 for line in lines if line.get("state") == "missing")
+
+
 def test_a_worker_at_its_prefetch_limit_keeps_taking_analyses(redis_flushed, tmp_path) -> None:
     """A worker acks an analysis message in the thread that ran it (worker/consumer.py), not
     in its event loop; when that ack frees the only prefetch slot, the loop must still be woken
@@ -147,7 +153,7 @@ def test_a_worker_at_its_prefetch_limit_keeps_taking_analyses(redis_flushed, tmp
         began = time.monotonic()
         for n in range(sent):  # ids of no analysis: each task ends at once ("missing")
             celery.send_task(ANALYZE_TASK, args=[f"{n:032x}"], queue=queue)
-        wait_for(lambda: worker.logs().count('"state": "missing"') == sent, 20, "all 30 tasks")
+        wait_for(lambda: missing_lines(worker.logs()) == sent, 20, "all 30 tasks")
         assert time.monotonic() - began < 10, "the loop waited for its timeout between messages"
         assert kv.llen(queue) == 0
     finally:
