@@ -1,9 +1,11 @@
 """Which proxy the Prometheus client goes through (analysis/sources/prometheus_http.py): the
 environment's HTTP(S)_PROXY (urllib3's ProxyManager), except for hosts NO_PROXY names by suffix
-or by network, which are reached directly (the http.client keep-alive pool)."""
+or by network, which are reached directly (the keep-alive pool of sockets). A URL that would
+break the request line is refused when the client is made."""
 
 from __future__ import annotations
 
+import pytest
 import urllib3
 
 from analysis.sources.prometheus import PrometheusConfig
@@ -65,3 +67,12 @@ def test_no_proxy_configured_means_a_direct_pool(monkeypatch):
     pool = pool_for("http://10.1.2.3:9090")
     assert isinstance(pool, DirectPool)
     assert (pool.host, pool.port) == ("10.1.2.3", 9090)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.1.2.3:9090/prom etheus", "http://10.1.2.3:9090/a\r\nX-Injected: 1"]
+)
+def test_a_direct_url_that_would_break_the_request_line_is_refused(monkeypatch, url):
+    environment(monkeypatch)
+    with pytest.raises(ValueError, match=r"Prometheus URL .*spaces or control characters"):
+        pool_for(url)
