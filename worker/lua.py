@@ -4,10 +4,14 @@ redis-py's own Script answers NOSCRIPT with SCRIPT LOAD and a second EVALSHA. On
 in a fail-over the two can reach different nodes (the load the masters the client knew, the call
 the replica just promoted), and the call fails again: a lost step. EVAL of the whole script runs
 on whichever node the keys lead to, and leaves it cached there for the next EVALSHA.
+
+On one plain Redis a script goes by the thread's own socket (worker/direct_redis.py: a fraction
+of redis-py's CPU per call); where that socket fails, by redis-py's client, with its retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,8 +20,11 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from worker.direct_redis import AsyncDirectRedis, DirectRedis
+
 Arg = str | bytes | int | float
 _NO_REPLY = object()
+_COMMAND = {True: "EVALSHA", False: "EVAL"}
 
 
 class _Lua:
@@ -30,49 +37,49 @@ class Script(_Lua):
     def __init__(self, client: redis.Redis, source: str) -> None:
         super().__init__(source)
         self.client = client
+        self._direct = DirectRedis.of(client)
 
     def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:
-            return self.client.evalsha(self.sha, len(keys), *keys, *args)
+            return self._run(True, keys, args)
         except NoScriptError:
-            return self.client.eval(self.source, len(keys), *keys, *args)
+            return self._run(False, keys, args)
+
+    def _run(self, by_sha: bool, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """EVALSHA or EVAL, on the thread's socket; where that fails, the same command again
+        through redis-py (with its retries): Redis may have run it already, and every script
+        of ours answers a second run as the first."""
+        script = self.sha if by_sha else self.source
+        if self._direct is not None:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                return self._direct.call(_COMMAND[by_sha], script, len(keys), *keys, *args)
+        run = self.client.evalsha if by_sha else self.client.eval
+        return run(script, len(keys), *keys, *args)
 
     def send(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Callable[[], Any]:
         """Run the script now, read its reply later (once, however often the call returned is
-        called): the caller works meanwhile. Sent whole (EVAL; Redis finds it cached by its
-        SHA1 all the same): a NOSCRIPT read only later would run the script only later, after
-        the work it was sent ahead of (a Redis restarted or failed over has no scripts). A reply
-        that does not come (a dropped connection) is had by calling the script again, so the
-        script must answer a second run as the first (every script of ours does). A cluster
-        client has no single pool: there it runs at once."""
-        pool = getattr(self.client, "connection_pool", None)
+        called, on the thread that sent it): the caller works meanwhile. Sent whole (EVAL;
+        Redis finds it cached by its SHA1 all the same): a NOSCRIPT read only later would run
+        the script only later, after the work it was sent ahead of (a Redis restarted or failed
+        over has no scripts). A reply that does not come (a dropped connection) is had by
+        calling the script again, so the script must answer a second run as the first (every
+        script of ours does). Without the direct socket (a cluster, TLS, a unix socket) it runs
+        at once."""
         settled: list[Any] = []
-        if not isinstance(pool, redis.ConnectionPool):
+        if self._direct is None:
             settled.append(self(keys, args))
             return lambda: settled[0]
-        connection: Any = pool.get_connection()
-        try:
-            connection.send_command("EVAL", self.source, len(keys), *keys, *args)
-        except (redis.ConnectionError, redis.TimeoutError):
-            pool.release(connection)  # the failed send closed it
-            connection = None
-        except BaseException:
-            pool.release(connection)
-            raise
+        reply: Callable[[], Any] | None = None
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            reply = self._direct.send("EVAL", self.source, len(keys), *keys, *args)
 
         def settle() -> Any:
-            nonlocal connection
             if settled:
                 return settled[0]
             answer: Any = _NO_REPLY
-            if connection is not None:
-                try:
-                    answer = connection.read_response()
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                finally:
-                    pool.release(connection)
-                    connection = None
+            if reply is not None:
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    answer = reply()
             settled.append(self(keys, args) if answer is _NO_REPLY else answer)
             return settled[0]
 
@@ -83,9 +90,19 @@ class AsyncScript(_Lua):
     def __init__(self, client: aioredis.Redis, source: str) -> None:
         super().__init__(source)
         self.client = client
+        self._direct = AsyncDirectRedis.of(client)
 
     async def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+            return await self._run(True, keys, args)
         except NoScriptError:
-            return await self.client.eval(self.source, len(keys), *keys, *args)
+            return await self._run(False, keys, args)
+
+    async def _run(self, by_sha: bool, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """As Script's: the webhook's pipelined connection, else redis-py's client."""
+        script = self.sha if by_sha else self.source
+        if self._direct is not None:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                return await self._direct.call(_COMMAND[by_sha], script, len(keys), *keys, *args)
+        run = self.client.evalsha if by_sha else self.client.eval
+        return await run(script, len(keys), *keys, *args)

@@ -29,6 +29,7 @@ import redis
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
 from analysis.sources import MetricsSource, SourceError
+from worker.direct_redis import DirectRedis
 from worker.lua import Script
 
 # A Lua function taking a slot: 1, or 0 when `limit` holders hold one. `key` holds the holders
@@ -112,27 +113,20 @@ class QueryCap:
         self.redis.zrem(self.key, holder)
 
     def release_sent(self, holder: str) -> Callable[[], None]:
-        """Give a slot back now and read Redis' reply later, with the call returned: the slot
-        is free once Redis has the ZREM, and the caller need not wait a round trip for it.
-        (A cluster client has no single pool: there the release is made at once.)"""
-        pool = getattr(self.redis, "connection_pool", None)
-        if not isinstance(pool, redis.ConnectionPool):
+        """Give a slot back now and read Redis' reply later, with the call returned (on this
+        thread): the slot is free once Redis has the ZREM, and the caller need not wait a
+        round trip for it. Without the direct socket (worker/direct_redis.py: a cluster, TLS,
+        a unix socket) the release is made at once."""
+        direct = DirectRedis.of(self.redis)
+        if direct is None:
             self.release(holder)
             return lambda: None
-        connection = pool.get_connection()
-        try:
-            connection.send_command("ZREM", self.key, holder)  # type: ignore[no-untyped-call]
-        except BaseException:
-            pool.release(connection)  # a failed send has closed the connection already
-            raise
+        reply = direct.send("ZREM", self.key, holder)
 
-        def settle() -> None:
-            try:
-                connection.read_response()
-            finally:
-                pool.release(connection)
+        def read() -> None:
+            reply()
 
-        return settle
+        return read
 
     def holders(self) -> int:
         """Holders whose lease has not expired (what the cap counts)."""

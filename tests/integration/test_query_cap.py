@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from analysis.observation import Observation, SideCounts
 from analysis.request import AnalysisSpec
 from analysis.sources import SourceError
+from worker.lua import Script
 from worker.query_cap import CappedSource, QueryCap, QueryCapReached, cap_key
 from worker.store import AsyncStore, Store
 
@@ -213,19 +214,22 @@ def test_start_takes_no_slot_when_the_cap_is_full_or_the_analysis_does_not_start
 
 def test_the_slot_start_took_is_free_when_the_query_answers_without_waiting_for_redis(client):
     """The release goes out as the query answers; its reply is read at the analysis' end, on
-    the same connection, which then goes back to the pool in step (no reply left unread)."""
+    the thread's own socket, where every later command still gets its own reply."""
     cap = make_cap(client, limit=1)
     store, analysis_id = queued_analysis(client)
     _, _, held = store.begin(analysis_id, "w1", 30, cap.request())
-    pool = cap.redis.connection_pool
+    echo = Script(cap.redis, "return ARGV[1]")
     with CappedSource(_Slow(cap), cap).holding(held) as source:
         source.observe(NO_SPEC, 1000.0, time.monotonic() + 5)
-        assert len(pool._in_use_connections) == 1  # the release's reply, not read yet
         assert make_cap(client, limit=1).try_acquire("the-next-analysis")  # its slot is free
-    assert len(pool._in_use_connections) == 0
-    for n in range(5):  # every pooled connection answers its own command
+        assert echo(args=["before the release's reply is read"]) == (
+            b"before the release's reply is read"
+        )
+    for n in range(5):  # the socket and the pool: each command answered with its own reply
+        assert echo(args=[n]) == str(n).encode()
         cap.redis.set("ra:test:probe", n)
         assert cap.redis.get("ra:test:probe") == str(n).encode()
+    assert cap.holders() == 1  # the next analysis's slot; the released one is gone
 
 
 def test_a_holder_taking_its_slot_again_keeps_one_slot_for_a_new_lease(client):
