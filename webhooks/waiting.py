@@ -193,11 +193,22 @@ class CompletionWaiter:
                 if remaining <= 0:
                     return record
                 try:
+                    # The future itself, not a shield of it: its completion resumes this wait
+                    # one loop turn sooner. A tick cancels it; a new one is registered before
+                    # the next await, so no completion falls between the two.
                     async with asyncio.timeout(min(TICK_SECONDS, remaining)):
-                        announced = await asyncio.shield(future)
+                        announced = await future
                 except TimeoutError:
-                    read = self._may_have_missed(since)  # (or time ran out: read above)
-                    continue
+                    if future.done() and not future.cancelled():
+                        announced = future.result()  # it came as the tick ended
+                    else:
+                        # A completion that came after the tick cancelled the future took it
+                        # from the waiters all the same: then the record is read.
+                        heard = future not in self._waiters.get(analysis_id, ())
+                        self.forget(analysis_id, future)
+                        future = self._register(analysis_id)
+                        read = heard or self._may_have_missed(since)  # (or time ran out)
+                        continue
                 if announced is not None and announced.get("status") in FINAL:
                     return {**(record or {}), **announced}
                 future, read = self._register(analysis_id), True  # unreadable: look instead

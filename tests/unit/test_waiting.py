@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 
 from tests.support.procs import RedisServer
 from tests.support.redis_proxy import LossyRedisProxy, command_name
+from webhooks import waiting
 from webhooks.waiting import READ_GRACE_SECONDS, CompletionWaiter
-from worker.store import RESULT_TEXT, AsyncStore, Store
+from worker.store import RESULT_TEXT, AsyncStore, Store, completion_message
 
 T = TypeVar("T")
 
@@ -276,3 +277,30 @@ def test_a_read_the_deadline_overtakes_does_not_hold_the_answer(url, redis_serve
     assert 1.0 + READ_GRACE_SECONDS <= seconds < 1.0 + READ_GRACE_SECONDS + 0.9
     assert other is not None and other["id"] == other_id and other["status"] == "done"
     assert other["result"] == {"verdict": "fail"}
+
+
+def test_a_completion_as_a_tick_ends_still_ends_the_wait_at_once(url, monkeypatch):
+    """A wait's tick cancels its future; a completion read in the same turn of the loop, before
+    the wait registers a new one, finds the cancelled future. The wait must hear of it (and
+    read the record) then, not at its deadline. Completions land around each tick's end,
+    40 waits, 50 us apart from 1 ms before it to 1 ms after."""
+    monkeypatch.setattr(waiting, "TICK_SECONDS", 0.01)
+    store, analysis_id = running_analysis(url)
+    # Done in Redis: what a wait reads. Each wait's message is then handed over by the test.
+    store.finish(analysis_id, "w1", status="done", payload={"verdict": "pass"}, reuse_seconds=15)
+    done = completion_message("done", b'{"verdict":"pass"}')
+
+    async def body(waiter: CompletionWaiter, _: AsyncStore) -> list[tuple[str | None, float]]:
+        loop = asyncio.get_running_loop()
+        outcomes = []
+        for k in range(40):
+            expected = waiter.expect(analysis_id)
+            began = loop.time()
+            loop.call_at(began + 0.009 + k * 0.00005, waiter._wake, analysis_id, done)
+            record = await waiter.wait(analysis_id, 1.0, expected)
+            outcomes.append(((record or {}).get("status"), loop.time() - began))
+        return outcomes
+
+    outcomes = with_waiter(url, body)
+    assert [status for status, _ in outcomes] == ["done"] * 40
+    assert max(seconds for _, seconds in outcomes) < 0.5, outcomes  # none at its deadline
