@@ -98,6 +98,7 @@ class QueryCap:
         self.limit = limit
         self.lease_ms = max(1, int(lease_seconds * 1000))
         self._acquire = Script(client, ACQUIRE)
+        self._direct = DirectRedis.of(client)
 
     def try_acquire(self, holder: str) -> bool:
         return bool(self._acquire(keys=[self.key], args=[self.limit, holder, self.lease_ms]))
@@ -117,11 +118,10 @@ class QueryCap:
         thread): the slot is free once Redis has the ZREM, and the caller need not wait a
         round trip for it. Without the direct socket (worker/direct_redis.py: a cluster, TLS,
         a unix socket) the release is made at once."""
-        direct = DirectRedis.of(self.redis)
-        if direct is None:
+        if self._direct is None:
             self.release(holder)
             return lambda: None
-        reply = direct.send("ZREM", self.key, holder)
+        reply = self._direct.send("ZREM", self.key, holder)
 
         def read() -> None:
             reply()
