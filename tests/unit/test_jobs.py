@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,17 +172,22 @@ def test_a_refused_renewal_stops_the_worker(world):
     """The renewal thread learns the lease is gone before FINISH would: the worker stops."""
     store, url = world
     analysis_id = claim(url)
-    renewals: list[bool] = []
+    renewals: list[bool] = []  # those begun after w2 took the lease
+    taken = threading.Event()
     original_renew = store.renew
 
     def renew(*args: Any) -> bool:
-        renewals.append(original_renew(*args))
-        return renewals[-1]
+        after = taken.is_set()  # a renewal the body's pace let in before, is not counted
+        answer = original_renew(*args)
+        if after:
+            renewals.append(answer)
+        return answer
 
     store.renew = renew
 
     def lease_taken_and_wait() -> None:
         store.redis.set(store.keys.lease(analysis_id), "w2")
+        taken.set()
         deadline = time.monotonic() + 5
         while not renewals and time.monotonic() < deadline:
             time.sleep(0.02)
