@@ -225,6 +225,43 @@ class DirectRedis:
         return sock.get(sock.send(command))
 
 
+class PooledSender:
+    """`send` through redis-py's pool where no socket of ours serves (TLS, a unix socket, a
+    Sentinel pool): a pooled connection held from the command to its reply, read once."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+
+    @classmethod
+    def of(cls, client: Any) -> PooledSender | None:
+        """None for a cluster client: it has no single pool (its callers run at once)."""
+        pool = getattr(client, "connection_pool", None)
+        return cls(pool) if isinstance(pool, redis.ConnectionPool) else None
+
+    def send(self, *command: Arg) -> Callable[[], Any]:
+        pool = self._pool
+        connection: Any = pool.get_connection()
+        try:
+            connection.send_command(*command)
+        except BaseException:
+            pool.release(connection)  # a failed send has closed it already
+            raise
+
+        def read() -> Any:
+            try:
+                return connection.read_response()
+            finally:
+                pool.release(connection)
+
+        return read
+
+
+def sender_of(client: Any) -> DirectRedis | PooledSender | None:
+    """What sends a command now and reads its reply later: our socket, else redis-py's pool,
+    else nothing (a cluster client: run at once)."""
+    return DirectRedis.of(client) or PooledSender.of(client)
+
+
 class _Replies(asyncio.Protocol):
     """One asyncio connection: commands written at once, replies matched to them in order."""
 

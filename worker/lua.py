@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from worker.direct_redis import AsyncDirectRedis, DirectRedis
+from worker.direct_redis import AsyncDirectRedis, DirectRedis, sender_of
 
 Arg = str | bytes | int | float
 _NO_REPLY = object()
@@ -38,6 +38,7 @@ class Script(_Lua):
         super().__init__(source)
         self.client = client
         self._direct = DirectRedis.of(client)
+        self._sender = self._direct or sender_of(client)
 
     def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:
@@ -63,15 +64,15 @@ class Script(_Lua):
         the script only later, after the work it was sent ahead of (a Redis restarted or failed
         over has no scripts). A reply that does not come (a dropped connection) is had by
         calling the script again, so the script must answer a second run as the first (every
-        script of ours does). Without the direct socket (a cluster, TLS, a unix socket) it runs
-        at once."""
+        script of ours does). On the thread's socket, else on a connection of redis-py's pool
+        (TLS, a unix socket); a cluster client has no single pool: there it runs at once."""
         settled: list[Any] = []
-        if self._direct is None:
+        if self._sender is None:
             settled.append(self(keys, args))
             return lambda: settled[0]
         reply: Callable[[], Any] | None = None
         with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-            reply = self._direct.send("EVAL", self.source, len(keys), *keys, *args)
+            reply = self._sender.send("EVAL", self.source, len(keys), *keys, *args)
 
         def settle() -> Any:
             if settled:

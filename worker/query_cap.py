@@ -29,7 +29,7 @@ import redis
 from analysis.observation import Observation
 from analysis.request import AnalysisSpec
 from analysis.sources import MetricsSource, SourceError
-from worker.direct_redis import DirectRedis
+from worker.direct_redis import sender_of
 from worker.lua import Script
 
 # A Lua function taking a slot: 1, or 0 when `limit` holders hold one. `key` holds the holders
@@ -98,7 +98,7 @@ class QueryCap:
         self.limit = limit
         self.lease_ms = max(1, int(lease_seconds * 1000))
         self._acquire = Script(client, ACQUIRE)
-        self._direct = DirectRedis.of(client)
+        self._sender = sender_of(client)
 
     def try_acquire(self, holder: str) -> bool:
         return bool(self._acquire(keys=[self.key], args=[self.limit, holder, self.lease_ms]))
@@ -116,12 +116,12 @@ class QueryCap:
     def release_sent(self, holder: str) -> Callable[[], None]:
         """Give a slot back now and read Redis' reply later, with the call returned (on this
         thread): the slot is free once Redis has the ZREM, and the caller need not wait a
-        round trip for it. Without the direct socket (worker/direct_redis.py: a cluster, TLS,
-        a unix socket) the release is made at once."""
-        if self._direct is None:
+        round trip for it (worker/direct_redis.py: our socket, else a pooled connection held until
+        the reply is read). A cluster client has no single pool: there it is made at once."""
+        if self._sender is None:
             self.release(holder)
             return lambda: None
-        reply = self._direct.send("ZREM", self.key, holder)
+        reply = self._sender.send("ZREM", self.key, holder)
 
         def read() -> None:
             reply()

@@ -2,11 +2,13 @@
 redis-server: the same replies as redis-py's client, in the order sent however commands are
 pipelined; a connection killed or a script flushed costs nothing but a second run; AUTH and
 SELECT as the URL says; where the path does not apply (a cluster, TLS, a unix socket, fakeredis)
-redis-py serves; a subscription hands over messages and notices a Redis that stops answering."""
+redis-py serves, a command sent ahead holding a pooled connection until its reply is read; a
+subscription hands over messages and notices a Redis that stops answering."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import redis.asyncio as aioredis
 from tests.support.procs import RedisServer
 from worker.direct_redis import AsyncDirectRedis, DirectRedis
 from worker.lua import AsyncScript, Script
+from worker.query_cap import QueryCap
 
 # Every kind of reply a script of ours gives: status, text, number, nil inside an array, nesting.
 SHAPES = """
@@ -218,3 +221,35 @@ def test_a_subscription_that_hears_nothing_is_closed(url):
         assert run(body()) < 1.0
     finally:
         kv.client_unpause()
+
+
+def test_where_no_socket_of_ours_serves_a_sent_command_holds_a_pooled_connection(tmp_path: Path):
+    """A unix socket (as TLS or Sentinel): sent ahead through redis-py's pool, the connection
+    held until its reply is read, then given back with nothing left unread on it."""
+    path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(path), "--save", "", "--dir",
+         str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = redis.Redis(unix_socket_path=str(path))
+        assert DirectRedis.of(client) is None
+        pool: Any = client.connection_pool
+        counter = Script(client, "return redis.call('INCR', KEYS[1])")
+        first = counter.send(keys=["ra:test:n"])
+        cap = QueryCap(client, "ra:test:cap", limit=1)
+        assert cap.try_acquire("holder")
+        released = cap.release_sent("holder")
+        assert len(pool._in_use_connections) == 2  # both replies still unread
+        assert client.get("ra:test:n") == b"1"  # it ran when sent
+        assert cap.try_acquire("another")  # the slot was free before its reply was read
+        assert (first(), first()) == (1, 1)  # read once, kept
+        released()
+        assert len(pool._in_use_connections) == 0
+        for n in range(2, 5):  # every pooled connection answers its own command
+            assert counter(keys=["ra:test:n"]) == n
+    finally:
+        server.terminate()
+        server.wait(10)
