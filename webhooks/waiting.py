@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
@@ -77,8 +78,7 @@ class CompletionWaiter:
             attempt += 1
             try:
                 if direct is not None:
-                    await self._listen_directly(direct, prefix)
-                    continue
+                    await self._listen_directly(direct, prefix)  # until it fails
                 pubsub = (await self._node_client(attempt)).pubsub()
                 await pubsub.psubscribe(self.store.keys.done_pattern)
                 async for message in pubsub.listen():
@@ -98,10 +98,11 @@ class CompletionWaiter:
                 log.warning("completion listener reconnecting", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(0.5)
 
-    async def _listen_directly(self, direct: AsyncDirectRedis, prefix: str) -> None:
+    async def _listen_directly(self, direct: AsyncDirectRedis, prefix: str) -> NoReturn:
         """One Redis over TCP: a subscription whose messages wake their waiters as they are
         read (worker/direct_redis.py), not through redis-py's reader task and its generator:
-        ~0.3 ms less between a worker's FINISH and its answer going out. Returns when it ends."""
+        ~0.3 ms less between a worker's FINISH and its answer going out. Its end is raised as
+        a lost connection, for `_listen` to subscribe again."""
 
         def heard(channel: bytes | str, data: bytes | str) -> None:
             channel = channel.decode() if isinstance(channel, bytes) else channel
@@ -113,10 +114,8 @@ class CompletionWaiter:
         try:
             await subscription.held(HEALTH_CHECK_SECONDS)
         finally:
-            self._live = None
             subscription.close()
-        log.warning("completion listener reconnecting", extra={"error": "subscription lost"})
-        await asyncio.sleep(0.5)
+        raise redis.ConnectionError("the completion subscription was lost")
 
     async def _node_client(self, attempt: int) -> aioredis.Redis:
         """Where to subscribe. A cluster delivers a PUBLISH to every node's subscribers, so

@@ -1,17 +1,19 @@
-"""A worker thread's own socket to Redis, for the few commands every analysis sends.
+"""Sockets of our own to Redis, for the few commands every analysis sends.
 
 After the idle gap between polls (Argo polls each canary every 30 s; `make bench` pauses 35 ms)
-the worker's code runs with cold caches, and there a script call through redis-py 8's client
-cost ~450 us of CPU, where the same command written to a socket and its reply read by hiredis
-cost ~180 us (tests/perf: one EVALSHA after a 35 ms sleep, medians of 400). The difference is
-redis-py's way to the socket: the pool's checkout and release, its events and metrics, the
-retry wrapper, a deprecation shim, a poll for stale data. Those are kept for everything else.
+the code runs with cold caches, and there a script call through redis-py 8's client cost
+~450 us of CPU, where the same command written to a socket and its reply read by hiredis cost
+~220 us (tests/perf/cold_redis_call.py: one EVALSHA after a 35 ms sleep, medians of 400). The
+difference is redis-py's way to the socket: the pool's checkout and release, its events and
+metrics, the retry wrapper, a deprecation shim, a poll for stale data. Those are kept for
+everything else. DirectRedis: a socket per worker thread; AsyncDirectRedis: the webhook's one
+pipelined connection and its completion subscription.
 
 Only for one plain Redis over TCP, RESP2 (what `redis://` gives): a cluster, TLS, a unix socket
-or a Sentinel pool keep redis-py for every command (`DirectRedis.of` answers None). A failure
-drops the socket (the next command connects again) and raises what redis-py raises
-(ConnectionError, TimeoutError, ResponseError, NoScriptError); callers fall back to redis-py's
-own path, with its retries, on the first two.
+or a Sentinel pool keep redis-py for every command (`of` answers None; PooledSender sends ahead
+on redis-py's pool there). A failure drops the socket (the next command connects again) and
+raises what redis-py raises (ConnectionError, TimeoutError, ResponseError, NoScriptError);
+callers fall back to redis-py's own path, with its retries, on the first two.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _error(reply: Exception) -> redis.RedisError:
 def _refused(reply: Exception) -> redis.ConnectionError:
     """AUTH or SELECT refused: a connection error (callers fall back to redis-py, which
     raises its own AuthenticationError or ResponseError saying why)."""
-    if "WRONGPASS" in str(reply) or "NOAUTH" in str(reply) or "AUTH" in str(reply):
+    if "AUTH" in str(reply):  # WRONGPASS, NOAUTH, or AUTH without a password set
         return redis.AuthenticationError(str(reply))
     return redis.ConnectionError(f"Redis refused the connection's setup: {reply}")
 
@@ -85,7 +87,7 @@ class _Socket:
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.pid = os.getpid()
-        address = (options.get("host", "localhost"), int(options.get("port", 6379)))
+        address = _address(options)
         try:
             self.sock = socket.create_connection(address, options.get("socket_connect_timeout"))
         except TimeoutError as exc:
@@ -148,9 +150,7 @@ class _Socket:
 
     def close(self) -> None:
         self.broken = True
-        for reply in self.pending:  # their replies will not come: their callers fall back
-            reply.value = _UNREAD
-        self.pending.clear()
+        self.pending.clear()  # their replies will not come: `get` says so, callers fall back
         self.sock.close()
 
 
@@ -173,6 +173,10 @@ def _shared(client: Any, make: Callable[[], T]) -> T:
         if client not in _clients:
             _clients[client] = make()
         return cast(T, _clients[client])
+
+
+def _address(options: dict[str, Any]) -> tuple[str, int]:
+    return options.get("host", "localhost"), int(options.get("port", 6379))
 
 
 def _setup(options: dict[str, Any]) -> list[tuple[Arg, ...]]:
@@ -347,11 +351,11 @@ class AsyncDirectRedis:
         async with self._lock:  # one connection, however many callers find none
             if self._replies is not None and not self._replies.broken:
                 return self._replies
-            host, port = self._options.get("host", "localhost"), self._options.get("port", 6379)
+            host, port = _address(self._options)
             try:
                 async with asyncio.timeout(self._options.get("socket_connect_timeout")):
                     _, replies = await loop.create_connection(
-                        lambda: _Replies(_reader(self._options)), host, int(port)
+                        lambda: _Replies(_reader(self._options)), host, port
                     )
                     for setup in _setup(self._options):
                         reply = await replies.send(setup)
@@ -369,7 +373,7 @@ class AsyncDirectRedis:
         """A connection of its own subscribed to `pattern`: each message's channel and data are
         handed to `on_message` as they are read, with no task in between."""
         loop = asyncio.get_running_loop()
-        host, port = self._options.get("host", "localhost"), self._options.get("port", 6379)
+        host, port = _address(self._options)
         setup = _setup(self._options)
         subscription: Subscription | None = None
         try:
@@ -377,7 +381,7 @@ class AsyncDirectRedis:
                 _, subscription = await loop.create_connection(
                     lambda: Subscription(_reader(self._options), len(setup), on_message),
                     host,
-                    int(port),
+                    port,
                 )
             for command in [*setup, ("PSUBSCRIBE", pattern)]:
                 subscription.write(command)

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from worker.direct_redis import AsyncDirectRedis, DirectRedis, sender_of
+from worker.direct_redis import AsyncDirectRedis, DirectRedis, PooledSender
 
 Arg = str | bytes | int | float
 _NO_REPLY = object()
@@ -38,7 +38,7 @@ class Script(_Lua):
         super().__init__(source)
         self.client = client
         self._direct = DirectRedis.of(client)
-        self._sender = self._direct or sender_of(client)
+        self._sender = self._direct or PooledSender.of(client)
 
     def __call__(self, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> Any:
         try:
