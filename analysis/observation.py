@@ -65,3 +65,5 @@ class Observation:
     queries: tuple[str, ...] = ()
     round_trips: int = 0
     source: str = "prometheus"
+    # Its query went out before the analysis' task ran, as its message arrived (worker/ahead.py).
+    sent_ahead: bool = False

@@ -64,6 +64,13 @@ def report(
     c, b, budget = judgement.canary, judgement.baseline, judgement.budget
     end = observation.time
     seconds = end - sequence["started_at"] if sequence else spec.window_seconds
+    source: dict[str, Any] = {
+        "kind": observation.source,
+        "round_trips": observation.round_trips,
+        "queries": list(observation.queries),
+    }
+    if observation.sent_ahead:  # its query went as the task's message arrived (worker/ahead.py)
+        source["sent_ahead"] = True
     body = {
         "verdict": judgement.verdict,
         "score": judgement.score,
@@ -120,11 +127,7 @@ def report(
             }
             for ch in judgement.checks
         ],
-        "source": {
-            "kind": observation.source,
-            "round_trips": observation.round_trips,
-            "queries": list(observation.queries),
-        },
+        "source": source,
     }
     if sequence:
         body["sequence"] = sequence

@@ -34,6 +34,7 @@ from webhooks.schemas import AnalysisAnswer, answers, inline_refs
 from webhooks.waiting import Expected
 from worker import codec, hints, tracing
 from worker.keyspace import new_analysis_id
+from worker.sequences import sequence_id, sequence_key
 from worker.store import RESULT_TEXT, Claim
 from worker.task_names import ANALYZE_TASK
 
@@ -230,6 +231,11 @@ async def claim_and_enqueue(
     hint, slot = hints.for_claim(spec_json, now, ctx.query_cap)
     task = rt.dispatcher.message(ANALYZE_TASK, [new_id], {hints.HEADER: hint.header()})
     task_slot = (slot, *hint.slot_marker()) if task is not None and slot is not None else None
+    # A live poll's hint says when its sequence's last poll ended (worker/ahead.py).
+    task_since = None
+    if task is not None and spec.live:
+        sequence = sequence_key(settings.key_prefix, sequence_id(spec))
+        task_since = (sequence, hints.SINCE_UNKNOWN, hints.SINCE_NEW)
     # Listen first: a task pushed by the claim script may finish before this coroutine resumes.
     expected = ctx.waiter.expect(new_id)
     try:
@@ -242,6 +248,7 @@ async def claim_and_enqueue(
             new_id=new_id,
             task=task,
             task_slot=task_slot,
+            task_since=task_since,
         )
     except BaseException as exc:
         ctx.waiter.forget(new_id, expected.future)

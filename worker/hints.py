@@ -2,11 +2,13 @@
 
 START (worker/store.py) is a round trip before the worker may trust its claim on an analysis;
 the PromQL query it then sends needs only the analysis' spec and, where queries are capped, a
-query slot. The webhook knows both when it claims: it puts them in the task's message (a Celery
-header, which a worker that predates it ignores), and the claim script takes the slot for it. A
-worker holding such a message sends START and the query at once, and reads START's answer
-before it writes anything (a sequence, a result): a message whose analysis turns out to be
-someone else's costs one query, never a record (worker/jobs.py, `execute`).
+query slot (a live poll: also when its canary's previous poll ended). The webhook knows these
+when it claims: it puts them in the task's message (a Celery header, which a worker that
+predates it ignores), and the claim script takes the slot for it and reads the sequence into it
+(`since`). A worker holding such a message sends the query as it reads the message
+(worker/ahead.py) and START as the task begins, and reads START's answer before it writes
+anything (a sequence, a result): a message whose analysis turns out to be someone else's costs
+one query, never a record (worker/jobs.py, `execute`).
 
 A hint is used only on a message's first delivery, fresh from its claim: a retried task, a
 message put back on the queue, or one that waited long has START answer first, as before.
@@ -47,14 +49,30 @@ class Hint:
     # Otherwise START answers first, and takes the claim's slot (still held, or again) as its
     # own, so a slot is never held twice for one analysis.
     ahead: bool = True
+    # A live poll's sequence as its claim found it: when its previous poll ended, NEW (no
+    # sequence yet), or None (not known: the worker reads it first). See worker/ahead.py.
+    since: float | str | None = None
 
     def header(self) -> dict[str, Any]:
-        return {"spec": self.spec, "queued_at": self.queued_at, "slot": self.slot, "cap": self.cap}
+        return {
+            "spec": self.spec,
+            "queued_at": self.queued_at,
+            "slot": self.slot,
+            "cap": self.cap,
+            "since": self.since,
+        }
 
     def slot_marker(self) -> tuple[str, str]:
         """The slot's text in the message as orjson writes it, and what replaces it when the
         claim could take no slot: the claim script edits the message it pushes."""
         return f'"slot":{orjson.dumps(self.slot).decode()}', '"slot":null'
+
+
+# The hint's text the claim script replaces for a live poll: `"since":<seconds>` where its
+# sequence says when the previous poll ended, SINCE_NEW where there is no sequence yet.
+SINCE_UNKNOWN = '"since":null'
+NEW = "new"
+SINCE_NEW = f'"since":"{NEW}"'
 
 
 def for_claim(
@@ -86,14 +104,16 @@ def read(request: Any, now: float | None = None) -> Hint | None:
     if not isinstance(value, dict):
         return None
     spec, queued_at = value.get("spec"), value.get("queued_at")
-    slot, cap = value.get("slot"), value.get("cap")
+    slot, cap, since = value.get("slot"), value.get("cap"), value.get("since")
     if not isinstance(spec, dict) or not isinstance(queued_at, int | float):
         return None
     if not (slot is None or isinstance(slot, str)) or not (cap is None or isinstance(cap, str)):
         return None
+    if isinstance(since, bool) or not (since in (None, NEW) or isinstance(since, int | float)):
+        since = None
     delivery = request.get("delivery_info") or {}
     again = bool(request.get("retries") or request.get("redelivered"))
     again = again or (isinstance(delivery, dict) and bool(delivery.get("redelivered")))
     age = (time.time() if now is None else now) - queued_at
     ahead = not again and -FRESH_SECONDS < age < FRESH_SECONDS
-    return Hint(spec, float(queued_at), slot, cap, ahead)
+    return Hint(spec, float(queued_at), slot, cap, ahead, since)

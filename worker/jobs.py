@@ -158,10 +158,10 @@ def run_live(
     pause = CAS_PAUSE_SECONDS
     while True:
         state, version = sequences.load(seq_id)
-        if state is not None and end - state.last_end < 1:
+        seconds = live_seconds(spec, end, None if state is None else state.last_end)
+        if seconds is None:
             observation = Observation(end, 0.0, SideCounts(), SideCounts(), (), 0, source.name)
         else:
-            seconds = spec.window_seconds if state is None else end - state.last_end
             observation = source.observe(spec, end, deadline, seconds)
         poll = Poll(end, observation.window_seconds, observation.canary, observation.baseline)
         result = advance(state, poll, spec.policy)
@@ -172,6 +172,14 @@ def run_live(
             raise SourceError("another poll of this canary kept changing its sequence; try again")
         time.sleep(pause * random.uniform(0.5, 1.5))  # spread the racing polls apart
         pause = min(CAS_PAUSE_MAX_SECONDS, pause * 2)
+
+
+def live_seconds(spec: AnalysisSpec, end: float, last_end: float | None) -> float | None:
+    """What a live poll ending at `end` queries: the spec's window for a new sequence, else the
+    time since the previous poll; None when that adds no new time (no query at all)."""
+    if last_end is None:
+        return spec.window_seconds
+    return None if end - last_end < 1 else end - last_end
 
 
 Begun = tuple[str, dict[str, Any] | None, str | None]  # START's answer: see Store.begin

@@ -217,6 +217,13 @@ class CappedSource:
         with self.cap.slot(deadline, held=held, settle_later=later):
             return self.inner.observe(spec, end, deadline, seconds)
 
+    def send_ahead(
+        self, spec: AnalysisSpec, end: float, seconds: float | None = None, *, most: int = 1
+    ) -> bool:
+        """The query sent ahead of its task (worker/ahead.py), under the slot its claim took."""
+        send = getattr(self.inner, "send_ahead", None)
+        return bool(send is not None and send(spec, end, seconds, most=most))
+
     def observe_range(
         self,
         spec: AnalysisSpec,

@@ -33,7 +33,8 @@ if current ~= tonumber(ARGV[1]) then
   end
   return 0
 end
-redis.call('HSET', KEYS[1], 'version', current + 1, 'state', ARGV[2])
+-- last_end apart from the packed state: the webhook's claim reads it (worker/ahead.py).
+redis.call('HSET', KEYS[1], 'version', current + 1, 'state', ARGV[2], 'last_end', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -53,6 +54,10 @@ def sequence_id(spec: AnalysisSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
+def sequence_key(prefix: str, seq_id: str) -> str:
+    return f"{prefix}seq:{{{seq_id}}}"
+
+
 class SequenceStore:
     def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: float) -> None:
         self.redis = client
@@ -61,7 +66,7 @@ class SequenceStore:
         self._save = Script(client, SAVE)
 
     def key(self, seq_id: str) -> str:
-        return f"{self.prefix}seq:{{{seq_id}}}"
+        return sequence_key(self.prefix, seq_id)
 
     def load(self, seq_id: str) -> tuple[Sequence | None, int]:
         raw: dict[Any, Any] = self.redis.hgetall(self.key(seq_id))
@@ -79,7 +84,8 @@ class SequenceStore:
 
     def save(self, seq_id: str, sequence: Sequence, version: int) -> bool:
         state = codec.pack(json.dumps(sequence.to_json(), allow_nan=False, default=_finite))
-        return bool(self._save(keys=[self.key(seq_id)], args=[version, state, self.ttl_ms]))
+        args: list[str | bytes | int] = [version, state, self.ttl_ms, f"{sequence.last_end:.3f}"]
+        return bool(self._save(keys=[self.key(seq_id)], args=args))
 
 
 def _finite(value: Any) -> Any:

@@ -80,12 +80,28 @@ if ARGV[7] then
   -- ms), a slot for the analysis' query, so its worker need not wait for START to send it
   -- (worker/hints.py); only with no task waiting, or the slot would idle behind a backlog.
   -- The message names the slot (ARGV[8]); with none taken it says so (ARGV[9]).
-  if KEYS[4] then
+  if ARGV[8] ~= nil and ARGV[8] ~= '' then
     local taken = redis.call('LLEN', KEYS[3]) == 0
       and take_slot(KEYS[4], tonumber(ARGV[11]), ARGV[10], tonumber(ARGV[12])) == 1
     if not taken then
       local at = string.find(message, ARGV[8], 1, true)
       message = string.sub(message, 1, at - 1) .. ARGV[9] .. string.sub(message, at + #ARGV[8])
+    end
+  end
+  -- A live poll (KEYS[#KEYS] its canary's sequence): the hint's `since` (ARGV[13]) says when
+  -- the previous poll ended, or that there is none yet (ARGV[14]), for its worker to send the
+  -- query on delivery (worker/ahead.py). One Redis only: the sequence has a slot of its own.
+  if ARGV[13] ~= nil and ARGV[13] ~= '' then
+    local since = nil
+    if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+      since = ARGV[14]
+    else
+      local last = tonumber(redis.call('HGET', KEYS[#KEYS], 'last_end') or '')
+      if last then since = string.format('"since":%.3f', last) end
+    end
+    local at = since and string.find(message, ARGV[13], 1, true)
+    if at then
+      message = string.sub(message, 1, at - 1) .. since .. string.sub(message, at + #ARGV[13])
     end
   end
   redis.call('LPUSH', KEYS[3], message)
@@ -416,12 +432,15 @@ class AsyncStore:
         new_id: str | None = None,
         task: tuple[str, bytes] | None = None,
         task_slot: tuple[SlotRequest, str, str] | None = None,
+        task_since: tuple[str, str, str] | None = None,
     ) -> Claim:
         """The identity's analysis: the one found (queued, running or done) or a new one,
         `new_id` if given. `task` (queue, message): pushed onto the queue with a new claim, in
         the same script (only where the broker is this Redis, never a cluster). `task_slot`
         (the query slot, its text in the message, the text saying none was taken): a slot the
-        claim takes for the task's query if one is free and no task waits (worker/hints.py)."""
+        claim takes for the task's query if one is free and no task waits (worker/hints.py).
+        `task_since` (a live poll's sequence key, the hint's text to replace, the text for no
+        sequence yet): when the previous poll ended, written into the message."""
         new_id = new_id or new_analysis_id(identity)
         claim_key = self.keys.claim(identity)
         keys = [claim_key, self.keys.record(new_id)]
@@ -440,6 +459,11 @@ class AsyncStore:
                 request, marker, none_taken = task_slot
                 keys.append(request.key)
                 args.extend([marker, none_taken, request.holder, request.limit, request.lease_ms])
+            if task_since is not None:
+                sequence, unknown, new = task_since
+                keys.append(sequence)
+                args.extend([""] * (12 - len(args)))  # no slot: its arguments left empty
+                args.extend([unknown, new])
         found = await self._claim(keys=keys, args=args)
         record = None
         if len(found) > 2:

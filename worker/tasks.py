@@ -34,7 +34,7 @@ from worker.task_names import (
 
 
 @lru_cache(maxsize=1)
-def _source() -> MetricsSource:
+def analysis_source() -> MetricsSource:
     settings = get_settings()
     source = settings.source()
     # The same cap the webhook's claims take slots of (worker/hints.py). A slot is never held
@@ -47,7 +47,7 @@ def _source() -> MetricsSource:
 
 
 @lru_cache(maxsize=1)
-def _policies() -> PolicySet:
+def analysis_policies() -> PolicySet:
     return get_settings().policies()
 
 
@@ -87,15 +87,16 @@ RETRIED = {
 }
 
 
-@shared_task(bind=True, name=ANALYZE_TASK, **RETRIED)
+# Its message's query goes to Prometheus as the message is read (worker/ahead.py).
+@shared_task(bind=True, name=ANALYZE_TASK, Strategy="worker.ahead:strategy", **RETRIED)
 def analyze(self: Task, analysis_id: str) -> str:
     settings = get_settings()
     return execute(
         worker_store(),
         analysis_id,
         worker=worker_name(),
-        source=_source(),
-        policies=_policies(),
+        source=analysis_source(),
+        policies=analysis_policies(),
         lease_seconds=settings.lease_seconds,
         reuse_seconds=settings.reuse_seconds,
         budget_seconds=settings.task_soft_time_limit - 1,

@@ -16,6 +16,7 @@ from analysis.sources.prometheus_http import (
     PrometheusAPIError,
     PrometheusHTTP,
     PrometheusHTTPError,
+    Sent,
     TLSError,
     TransportError,
 )
@@ -47,6 +48,13 @@ class PrometheusConfig:
         return context
 
 
+# Queries sent ahead and not yet taken: at most this many, none kept longer than this. An
+# analysis' task reaches its query within a few milliseconds of its message; a busy worker's
+# queued one takes longer and asks again.
+AHEAD_KEPT = 16
+AHEAD_SECONDS = 5.0
+
+
 class _Retryable(Exception):
     pass
 
@@ -70,6 +78,8 @@ class PrometheusSource:
         self.config = config
         # Our own retries (deadline-bound, `_call`); urllib3's know no deadline and are off.
         self._http = PrometheusHTTP(config)
+        # Queries sent ahead of their analysis (`send_ahead`), by (expression, time).
+        self._ahead: dict[tuple[str, float], Sent] = {}
 
     def _call(self, what: str, deadline: float | None, fn: Any) -> Any:
         def out_of_attempts(made: int) -> bool:
@@ -122,17 +132,61 @@ class PrometheusSource:
     ) -> Observation:
         span = spec.window_seconds if seconds is None else seconds
         query = build_query(spec, span)
-        series = self._call(
-            "the analysis query",
-            deadline,
-            lambda t: self._http.query(
-                "/api/v1/query",
-                {"query": query.expr, "time": end, "timeout": _server_timeout(t)},
-                t,
-            ),
-        )
+        ahead = self._ahead.pop((query.expr, end), None)
+
+        answered_ahead = False
+
+        def fetch(timeout: float) -> Any:
+            nonlocal ahead, answered_ahead
+            sent, ahead = ahead, None  # the first attempt's; a retry asks again
+            fields = {"query": query.expr, "time": end, "timeout": _server_timeout(timeout)}
+            result = self._http.query("/api/v1/query", fields, timeout, sent)
+            answered_ahead = sent is not None and sent.answered
+            return result
+
+        try:
+            series = self._call("the analysis query", deadline, fetch)
+        finally:
+            if ahead is not None:
+                ahead.close()
         canary, baseline = parse_vector(query, series)
-        return Observation(end, span, canary, baseline, (query.expr,), 1, self.name)
+        return Observation(
+            end, span, canary, baseline, (query.expr,), 1, self.name, sent_ahead=answered_ahead
+        )
+
+    def send_ahead(
+        self, spec: AnalysisSpec, end: float, seconds: float | None = None, *, most: int = 1
+    ) -> bool:
+        """Send now the query `observe(spec, end, seconds=seconds)` will make, so that it runs
+        while the caller's analysis is still being handed over (worker/ahead.py); False when it
+        cannot go without waiting, or `most` answers already wait for their callers. An answer
+        nobody takes is dropped after AHEAD_SECONDS."""
+        if len(self._ahead) >= most:
+            self._drop_stale(time.monotonic())
+            if len(self._ahead) >= most:
+                return False
+        span = spec.window_seconds if seconds is None else seconds
+        expr = build_query(spec, span).expr
+        timeout = _server_timeout(self.config.query_timeout_seconds)
+        fields = {"query": expr, "time": end, "timeout": timeout}
+        sent = self._http.send_ahead("/api/v1/query", fields)
+        if sent is None:
+            return False
+        self._drop_stale(sent.at)
+        previous = self._ahead.pop((expr, end), None)
+        if previous is not None:
+            previous.close()
+        self._ahead[(expr, end)] = sent
+        return True
+
+    def _drop_stale(self, now: float) -> None:
+        """Answers sent ahead and never taken (their analysis ran elsewhere, or not at all): at
+        most AHEAD_KEPT, none older than AHEAD_SECONDS."""
+        pending = sorted(self._ahead.items(), key=lambda item: item[1].at)
+        for number, (key, sent) in enumerate(pending):
+            stale = now - sent.at > AHEAD_SECONDS or len(pending) - number >= AHEAD_KEPT
+            if stale and self._ahead.pop(key, None) is sent:
+                sent.close()
 
     def samples(
         self, expr: str, at: float, deadline: float | None = None

@@ -29,6 +29,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -111,12 +112,16 @@ class PrometheusHTTP:
         self.post = True  # until the server says it takes GET only
         self.transport = _transport(self.base, config)
 
-    def query(self, path: str, fields: dict[str, Any], timeout: float) -> Any:
-        """`data.result` of a query endpoint; raises PrometheusHTTPError, PrometheusAPIError,
+    def query(
+        self, path: str, fields: dict[str, Any], timeout: float, ahead: Sent | None = None
+    ) -> Any:
+        """`data.result` of a query endpoint, from the answer to `ahead` (this very query, sent
+        before: `send_ahead`) where it has one; raises PrometheusHTTPError, PrometheusAPIError,
         TLSError or TransportError."""
         url = f"{self.base}{path}"
         form = {k: str(v) for k, v in fields.items()}
-        status, body = self._send(url, form, timeout)
+        answer = ahead.answer(timeout) if ahead is not None else None
+        status, body = answer if answer is not None else self._send(url, form, timeout)
         if status in (405, 501) and self.post:
             self.post = False  # a proxy that forbids POST: GET from now on
             status, body = self._send(url, form, timeout)
@@ -129,6 +134,17 @@ class PrometheusHTTP:
             return payload["data"]["result"]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PrometheusAPIError(f"unexpected answer from {path}: {exc}") from exc
+
+    def send_ahead(self, path: str, fields: dict[str, Any]) -> Sent | None:
+        """The query sent now, its answer read later by `query(..., ahead=)`; None where it
+        cannot go without waiting (no idle connection), through a proxy, as a GET, or with a
+        request hook installed (a trace's span belongs to the task, not to who sent ahead)."""
+        hooked = _observer is not _unobserved
+        if hooked or not (self.post and isinstance(self.transport, DirectPool)):
+            return None
+        encoded = "&".join(f"{k}={_quote(k, str(v))}" for k, v in fields.items())
+        headers = {**self.headers, "Content-Type": FORM}
+        return self.transport.send_ahead("POST", f"{self.base}{path}", encoded.encode(), headers)
 
     def _send(self, url: str, form: dict[str, str], timeout: float) -> tuple[int, bytes]:
         method = "POST" if self.post else "GET"
@@ -191,6 +207,30 @@ class _Answer:
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+class Sent:
+    """A request sent ahead on a pooled connection (`DirectPool.send_ahead`): its answer is
+    read once, by whoever takes it; `close` drops it unread."""
+
+    def __init__(self, pool: DirectPool, sock: socket.socket) -> None:
+        self.pool = pool
+        self.sock = sock
+        self.at = time.monotonic()
+        self.answered = False  # whether `answer` read an answer
+
+    def answer(self, timeout: float) -> tuple[int, bytes] | None:
+        """(status, body); None when the connection had been closed by the server before the
+        request reached it (send the request again). Raises TransportError or TLSError."""
+        try:
+            answer = self.pool._read(self.sock, timeout, reused=True)
+        except _ClosedWhileIdle:
+            return None
+        self.answered = True
+        return answer
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class DirectPool:
@@ -271,14 +311,43 @@ class DirectPool:
                 f"cannot connect to {self.host}:{self.port}: {_described(exc)}"
             ) from exc
 
+    def send_ahead(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Sent | None:
+        """The request sent on an idle connection, its answer left for `Sent.answer`; None
+        when no connection is idle or the send would wait: the caller (Celery's event loop,
+        worker/ahead.py) must never block on a connect or a full buffer."""
+        request = self._request(method, url[self.prefix_length :] or "/", body, headers)
+        try:
+            sock = self._idle.pop()
+        except IndexError:
+            return None
+        try:
+            sock.setblocking(False)
+            whole = sock.send(request) == len(request)
+        except OSError:  # closed by the server while idle, a TLS socket wanting to read first
+            whole = False
+        if not whole:
+            sock.close()
+            return None
+        return Sent(self, sock)
+
     def _exchange(
         self, sock: socket.socket, request: bytes, timeout: float, reused: bool
     ) -> tuple[int, bytes]:
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(request)
+        except BaseException as exc:
+            self._failed(sock, exc, reused)
+            raise
+        return self._read(sock, timeout, reused)
+
+    def _read(self, sock: socket.socket, timeout: float, reused: bool) -> tuple[int, bytes]:
         answer = _Answer()
         parser = answer.parser = httptools.HttpResponseParser(answer)
         try:
             sock.settimeout(timeout)
-            sock.sendall(request)
             while not answer.complete:
                 data = sock.recv(_READ_SIZE)
                 if not data:
@@ -287,13 +356,7 @@ class DirectPool:
                     raise _ended_early(answer)
                 parser.feed_data(data)
         except BaseException as exc:
-            sock.close()  # never back into the pool in an unknown state
-            if reused and _closed_by_server(exc):
-                raise _ClosedWhileIdle from exc
-            if isinstance(exc, ssl.SSLError):
-                raise TLSError(_described(exc)) from exc
-            if isinstance(exc, OSError | httptools.HttpParserError):
-                raise TransportError(_described(exc)) from exc
+            self._failed(sock, exc, reused)
             raise
         finally:
             answer.parser = None  # no cycle left for the garbage collector
@@ -302,6 +365,18 @@ class DirectPool:
         else:
             sock.close()
         return parser.get_status_code(), b"".join(answer.chunks)
+
+    @staticmethod
+    def _failed(sock: socket.socket, exc: BaseException, reused: bool) -> None:
+        """A failed send or read: its socket closed (never back into the pool in an unknown
+        state), the failure raised as ours; anything else goes on as it was."""
+        sock.close()
+        if reused and _closed_by_server(exc):
+            raise _ClosedWhileIdle from exc
+        if isinstance(exc, ssl.SSLError):
+            raise TLSError(_described(exc)) from exc
+        if isinstance(exc, OSError | httptools.HttpParserError):
+            raise TransportError(_described(exc)) from exc
 
     def _give_back(self, sock: socket.socket) -> None:
         # Lock-free and still bounded: whoever appends and then sees more than `size` idle takes

@@ -24,7 +24,7 @@ from worker import hints
 from worker.celery_app import app
 from worker.jobs import execute
 from worker.query_cap import CappedSource, QueryCap, cap_key
-from worker.sequences import SequenceStore, sequence_id
+from worker.sequences import SequenceStore, sequence_id, sequence_key
 from worker.store import START, START_WITH_SLOT, AsyncStore, Store
 from worker.task_names import ANALYZE_TASK
 
@@ -44,10 +44,17 @@ def spec_of(request: dict[str, Any]) -> Any:
     return resolve(parse_request(request), POLICIES)
 
 
-def claim(url: str, request: dict[str, Any] = REQUEST, cap: Any = CAP) -> tuple[str, hints.Hint]:
+def claim(
+    url: str, request: dict[str, Any] = REQUEST, cap: Any = CAP, since: bool = False
+) -> tuple[str, hints.Hint]:
     """A claim made as the webhook makes it: its task's message, with its hint, pushed by the
-    claim script. Returns the analysis id and the hint the worker reads from the message."""
+    claim script. Returns the analysis id and the hint the worker reads from the message.
+    `since`: the claim reads a live poll's sequence into the hint, as the webhook's does."""
     spec = spec_of(request)
+    task_since = None
+    if since:
+        sequence = sequence_key(PREFIX, sequence_id(spec))
+        task_since = (sequence, hints.SINCE_UNKNOWN, hints.SINCE_NEW)
 
     async def run() -> tuple[str, hints.Hint]:
         client = aioredis.from_url(url)
@@ -60,7 +67,7 @@ def claim(url: str, request: dict[str, Any] = REQUEST, cap: Any = CAP) -> tuple[
             found = await AsyncStore(client, PREFIX).claim(
                 spec.identity(), spec_json, pending_seconds=60, result_ttl_seconds=600, now=now,
                 new_id=new_id, task=(QUEUE, message),
-                task_slot=(slot, *hint.slot_marker()) if slot else None,
+                task_slot=(slot, *hint.slot_marker()) if slot else None, task_since=task_since,
             )  # fmt: skip
             pushed_text = await client.lindex(QUEUE, 0)
             assert pushed_text is not None
@@ -351,3 +358,40 @@ def test_a_malformed_hint_is_no_hint(url):
     for bad in ({"spec": "x"}, {"queued_at": "soon"}, {"slot": 3}, {"cap": ["x"]}):
         assert hints.read({hints.HEADER: {**hint.header(), **bad}}) is None
     assert hints.read({hints.HEADER: "not a hint"}) is None
+
+
+@pytest.mark.parametrize("cap", [CAP, None], ids=["capped", "uncapped"])
+def test_a_live_polls_hint_says_when_its_sequence_last_ended(url, cap):
+    """For the worker to send a live poll's query as its message arrives (worker/ahead.py), the
+    claim writes into the hint what the query depends on: when the canary's previous poll ended
+    (or that there was none), read from the sequence in the same script."""
+    kv = redis.Redis.from_url(url)
+    store, sequences = Store(kv, PREFIX), SequenceStore(kv, PREFIX, 3600)
+    analysis_id, first = claim(url, cap=cap, since=True)
+    assert first.since == hints.NEW and first.spec["live"] is True
+    assert (first.slot is not None) == (cap is not None)  # the slot's text replaced as before
+    assert run(store, analysis_id, Seen(), first, sequences=sequences) == "done"
+    saved, _ = sequences.load(sequence_id(spec_of(REQUEST)))
+    assert saved is not None
+
+    # The next poll of the same canary (another revision: a claim of its own).
+    _, second = claim(url, {**REQUEST, "revision": "5"}, cap=cap, since=True)
+    assert second.since == saved.last_end
+
+    # A sequence saved by a version that kept no `last_end` beside its state: not known, so
+    # the worker reads the sequence first, as before.
+    kv.hdel(sequences.key(sequence_id(spec_of(REQUEST))), "last_end")
+    _, third = claim(url, {**REQUEST, "revision": "6"}, cap=cap, since=True)
+    assert third.since is None
+
+
+def test_a_hint_without_since_or_with_a_bad_one_is_read_as_not_known():
+    spec = spec_of(REQUEST).to_json()
+    for since in (None, True, "soon", [1], {"a": 1}):
+        header = {**hints.Hint(spec, time.time(), None, None).header(), "since": since}
+        read = hints.read({hints.HEADER: header, "retries": 0})
+        assert read is not None and read.since is None, since
+    for known in (hints.NEW, 1700000000, 1700000000.5):
+        header = {**hints.Hint(spec, time.time(), None, None).header(), "since": known}
+        read = hints.read({hints.HEADER: header, "retries": 0})
+        assert read is not None and read.since == known

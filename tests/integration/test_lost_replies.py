@@ -172,8 +172,8 @@ def test_each_helper_answers_a_retried_call_as_it_answered_the_first(proxy):
     key = f"{prefix}seq:{{s1}}"
     client.hset(key, mapping={"version": 4, "state": "before"})
     save = client.register_script(sequences.SAVE)
-    assert save(keys=[key], args=[4, "after", 60000]) == 1
-    assert client.hmget(key, "version", "state") == [b"5", b"after"]
+    assert save(keys=[key], args=[4, "after", 60000, "1767225600.000"]) == 1
+    assert client.hmget(key, "version", "state", "last_end") == [b"5", b"after", b"1767225600.000"]
 
     lost = dict(proxy.lost)
     assert lost.get("MULTI", 0) == 0  # labels name a transaction by its commands

@@ -14,12 +14,21 @@ _answers: dict[tuple[str, str], Any] = {}
 
 
 def _remembered(
-    self: prometheus_http.PrometheusHTTP, path: str, fields: dict[str, Any], timeout: float
+    self: prometheus_http.PrometheusHTTP,
+    path: str,
+    fields: dict[str, Any],
+    timeout: float,
+    ahead: prometheus_http.Sent | None = None,
 ) -> Any:
     key = (path, str(fields.get("query")))
     if key not in _answers:
-        _answers[key] = _query(self, path, fields, timeout)
+        _answers[key] = _query(self, path, fields, timeout, ahead)
     return _answers[key]
 
 
+def _not_ahead(self: prometheus_http.PrometheusHTTP, path: str, fields: dict[str, Any]) -> None:
+    return None  # every query answered here, none sent on delivery (worker/ahead.py)
+
+
 prometheus_http.PrometheusHTTP.query = _remembered  # type: ignore[method-assign]
+prometheus_http.PrometheusHTTP.send_ahead = _not_ahead  # type: ignore[method-assign]
