@@ -24,6 +24,7 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.messaging import Consumer
 
+from tests.support.chat_receivers import Answer, ChatReceivers
 from tests.support.procs import RedisServer, wait_for
 from tests.support.service import Worker, service_env
 from worker.broker import (
@@ -33,6 +34,9 @@ from worker.broker import (
     TRANSPORT,
     Channel,
 )
+from worker.notify.dead_letter import DeadLetters
+from worker.notify.delivery import DeliveryResult
+from worker.notify.message import Notification
 from worker.task_names import ANALYZE_TASK, REDELIVER_TASK
 
 ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
@@ -172,28 +176,41 @@ def test_follow_ups_still_flow_where_an_acl_refuses_client_unblock(redis_flushed
         commands=["+@all", "-client|unblock"],
     )  # fmt: skip
     url = redis_flushed.url.replace("redis://", "redis://ra-limited:limited@", 1)
-    targets = tmp_path / "targets.yaml"
-    targets.write_text('targets: [{name: audit, kind: generic, url: "http://127.0.0.1:9/"}]\n')
-    queue = "ra-acl"
-    env = service_env(
-        url, prometheus_url="http://127.0.0.1:9", key_prefix="ra:acl:", queue=queue,
-        extra={"ROLLOUT_ANALYZER_CHAT_TARGETS_FILE": str(targets)},
-    )  # fmt: skip
-    worker = Worker(env, tmp_path, concurrency=2, name="acl").start()  # one follow-up slot
+    queue, prefix, sent = "ra-acl", "ra:acl:", 12
     celery = Celery(broker=redis_flushed.url)
-    try:
-        sent = 12
-        for n in range(sent):  # retries of dead letters that are gone: each ends at once
-            celery.send_task(REDELIVER_TASK, args=[f"gone-{n}"], queue=f"{queue}-followups")
+    with ChatReceivers() as chat:
+        # Each delivery holds the worker's one follow-up slot for 50 ms: its event loop is at
+        # the cap, in the short BRPOP that the follow-up's end must cut short, every time.
+        # (Deliveries that end at once can finish before that BRPOP is even sent, on a busy
+        # host every time, and nothing would be asked of CLIENT UNBLOCK.)
+        chat.always("generic", Answer.slow(0.05))
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(
+            f'targets: [{{name: audit, kind: generic, url: "{chat.url("generic")}"}}]\n'
+        )
+        env = service_env(
+            url, prometheus_url="http://127.0.0.1:9", key_prefix=prefix, queue=queue,
+            extra={"ROLLOUT_ANALYZER_CHAT_TARGETS_FILE": str(targets)},
+        )  # fmt: skip
+        worker = Worker(env, tmp_path, concurrency=2, name="acl").start()  # one follow-up slot
+        try:
+            # Dead letters retried by the operator: each is delivered again, once.
+            letters = DeadLetters(kv, key=f"{prefix}dead-letters")
+            failed = DeliveryResult("audit", "failed", 3, 500, "server error")
+            note = Notification(analysis_id="a" * 32, service="svc", namespace="ns",
+                                rollout="r", revision="1", verdict="fail")  # fmt: skip
+            for entry_id in [letters.push(failed, note) for _ in range(sent)]:
+                celery.send_task(REDELIVER_TASK, args=[entry_id], queue=f"{queue}-followups")
 
-        wait_for(lambda: kv.llen(f"{queue}-followups") == 0 and not kv.hlen("unacked"), 20,
-                 "every follow-up taken and acked")  # fmt: skip
-        assert worker.logs().count("CLIENT UNBLOCK refused") == 1
-    finally:
-        celery.close()
-        worker.stop()
-        kv.acl_deluser("ra-limited")
-        kv.close()
+            wait_for(lambda: len(chat.accepted("generic")) == sent and not kv.hlen("unacked"),
+                     20, "every follow-up delivered and acked")  # fmt: skip
+            assert kv.llen(f"{queue}-followups") == 0 and letters.list() == []
+            assert worker.logs().count("CLIENT UNBLOCK refused") == 1
+        finally:
+            celery.close()
+            worker.stop()
+            kv.acl_deluser("ra-limited")
+            kv.close()
 
 
 @pytest.mark.parametrize("first_trip_seconds", [0.0, 0.03], ids=["quick", "slow-first-trip"])
