@@ -11,7 +11,8 @@ Only where the hint may be used ahead of START (a first, fresh delivery whose cl
 query's slot, or no cap): a query is a read, and a message whose analysis turns out to be
 another's costs that one query, as the hint's own rule says. Never a wait on the event loop: no
 idle connection, a full buffer, a proxy or a request hook (tracing) and the task asks as before;
-nor more queries out than the pool has threads. A live poll's query covers the time since its
+nor more queries out than the pool has threads; and only where the task runs in this process
+(threads, solo: not prefork, the CLI's default). A live poll's query covers the time since its
 canary's previous poll: the claim reads that from the sequence into the hint (`since`); where the
 sequence moves on meanwhile, the expressions differ and the task asks its own.
 """
@@ -35,12 +36,20 @@ log = logging.getLogger("rollout_analyzer.worker")
 def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
     """Celery's default strategy for the analysis task, its query sent first (`Task.Strategy`)."""
     handle = default(task, app, consumer, **options)
+    if not runs_here(consumer.pool):
+        return handle
 
     def on_message(message: Any, *args: Any, **kwargs: Any) -> Any:
         send_query_ahead(message, getattr(consumer.pool, "limit", None) or 1)
         return handle(message, *args, **kwargs)
 
     return on_message
+
+
+def runs_here(pool: Any) -> bool:
+    """Whether the pool runs tasks in this process (threads, solo), where the answer to a query
+    sent here can be read. A prefork pool's task runs in a child process: it would ask again."""
+    return type(pool).__module__ in ("celery.concurrency.thread", "celery.concurrency.solo")
 
 
 def send_query_ahead(message: Any, most: int) -> bool:

@@ -20,6 +20,7 @@ from analysis.sources.prometheus_http import DirectPool, PrometheusHTTP, observe
 from tests.integration.conftest import AUTH
 from tests.integration.test_core_e2e import body_for, pinned_end
 from tests.integration.test_prometheus_client import SAMPLE, CountingServer, certs, query, served
+from tests.support.service import Worker
 
 __all__ = ["certs", "served"]  # fixtures, imported to be used here
 
@@ -194,4 +195,24 @@ def test_live_polls_queries_go_as_their_messages_arrive(stack, prometheus):
     polls = [a.json()["sequence"]["polls"] for a in answers]
     assert polls == [1, 2, 3]
     assert [a.json()["source"].get("sent_ahead") for a in answers] == [True] * 3
+    assert prometheus.http_requests_total("/api/v1/query") - before == 3
+
+
+def test_a_prefork_worker_sends_nothing_ahead_and_asks_once(stack_factory, prometheus, tmp_path):
+    """With Celery's prefork pool (the CLI's default) the message is read in the parent and the
+    task runs in a child, which could not read an answer sent by the parent: nothing is sent
+    ahead, and each analysis asks Prometheus once, as before."""
+    stack = stack_factory("ahead-prefork", prometheus_url=prometheus.url, workers=0)
+    worker = Worker(stack.env, tmp_path, pool="prefork", concurrency=2, name="pf").start()
+    stack.extra_workers.append(worker)
+    with stack.client() as client:
+        warm = body_for(prometheus, "good", end=pinned_end(220))
+        assert client.post("/v1/analyze", json=warm).status_code == 200
+        before = prometheus.http_requests_total("/api/v1/query")
+        answers = [
+            client.post("/v1/analyze", json=body_for(prometheus, "good", end=pinned_end(230 + i)))
+            for i in range(3)
+        ]
+    assert [a.status_code for a in answers] == [200] * 3
+    assert all("sent_ahead" not in a.json()["source"] for a in answers)
     assert prometheus.http_requests_total("/api/v1/query") - before == 3

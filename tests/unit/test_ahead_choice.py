@@ -81,3 +81,13 @@ def test_a_message_that_is_not_fresh_or_not_first_sends_nothing():
     assert not ahead.send_query_ahead(Message({hints.HEADER: fresh}, redelivered=True), 8)
     assert not ahead.send_query_ahead(Message({"retries": 0}), 8)
     assert not ahead.send_query_ahead(object(), 8)
+
+
+def test_only_a_pool_that_runs_the_task_in_this_process_sends_ahead():
+    from celery.concurrency import prefork, solo, thread
+
+    # Instances without their start-up: only their kind matters here.
+    assert ahead.runs_here(object.__new__(thread.TaskPool))
+    assert ahead.runs_here(object.__new__(solo.TaskPool))
+    assert not ahead.runs_here(object.__new__(prefork.TaskPool))  # the task runs in a child
+    assert not ahead.runs_here(None)
