@@ -24,6 +24,7 @@ from typing import Any
 
 from celery.worker.strategy import default
 
+from analysis.policy import PolicySet
 from analysis.request import AnalysisSpec
 from analysis.sources import MetricsSource
 from worker import hints
@@ -74,7 +75,7 @@ def send_query_ahead(message: Any, most: int) -> bool:
         return False
 
 
-def query_ahead(hint: hints.Hint, source: MetricsSource, policies: Any, most: int) -> bool:
+def query_ahead(hint: hints.Hint, source: MetricsSource, policies: PolicySet, most: int) -> bool:
     """The query the hint's analysis will make first, sent now where the source can."""
     send = getattr(source, "send_ahead", None)
     if send is None:
