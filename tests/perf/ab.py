@@ -17,6 +17,8 @@ their PYTHONPATH: another checkout of this repository, or a directory with a sit
 that changes something before the services start, e.g. `sys.modules["hiredis"] = None`, or
 `tests/perf/no_query`: everything of ours but the PromQL exchange) and/or `pool` (the workers'
 Celery pool: `threads`, as deployed, or e.g. `solo`, which runs a task on the thread that reads it).
+AB_LIVE=1 sends live polls instead (no `end`, as Argo does; each of the 50 services in turn, a
+reuse window of 1 s, so every poll adds the time since its previous one to its canary's sequence).
 AB_ROUNDS sets the calls per configuration (300), AB_GAP_MS a pause after each round (0: `make
 bench` has ~35 ms). Prints p50, p90 and the ratio to the floor, and the worker and webhook CPU per
 analysis from /proc, per configuration. AB_BURSTS=N adds N
@@ -54,7 +56,7 @@ from tests.perf.bench import (
     expr_of,
     fresh_end,
 )
-from tests.perf.dataset import start_prometheus
+from tests.perf.dataset import SERVICES, start_prometheus
 from tests.support.procs import RedisServer
 from tests.support.service import Webhook, Worker, service_env
 
@@ -63,6 +65,9 @@ BURSTS = int(os.environ.get("AB_BURSTS", "0"))
 # A pause after each round, as `make bench` has (its naive and floor queries, ~35 ms): processes
 # idle between analyses wake up slower.
 GAP_SECONDS = float(os.environ.get("AB_GAP_MS", "0")) / 1000
+# Live polls (no `end`, as Argo sends them), each service in turn, past a 1 s reuse window: every
+# poll a new analysis that adds the time since its canary's previous poll to its sequence.
+LIVE = os.environ.get("AB_LIVE", "") not in ("", "0")
 WARM_UP = 30
 
 
@@ -93,7 +98,7 @@ def start_side(
         key_prefix=f"ra:{name}:",
         queue=f"ra-{name}",
         extra={
-            "ROLLOUT_ANALYZER_REUSE_SECONDS": "120",
+            "ROLLOUT_ANALYZER_REUSE_SECONDS": "1" if LIVE else "120",
             "ROLLOUT_ANALYZER_PROMETHEUS_MAX_CONCURRENT_QUERIES": str(CAP),
             **config.get("env", {}),
         },
@@ -110,6 +115,11 @@ def start_side(
     return Side(name, workers, webhook, httpx.Client(base_url=webhook.url, timeout=10), [])
 
 
+def ab_body(i: int, rollout: str) -> dict[str, Any]:
+    """A fresh analysis of a fixed window, or with AB_LIVE a live poll of service i."""
+    return body_for(i, "live") if LIVE else body_for(i, rollout, fresh_end())
+
+
 def main() -> None:
     configs: dict[str, dict[str, Any]] = json.loads(os.environ["AB"])
     work = Path(tempfile.mkdtemp(prefix="ra-ab-"))
@@ -122,15 +132,15 @@ def main() -> None:
         prom = PrometheusConnect(url=prometheus.url, disable_ssl=True)
         kv = redis.Redis.from_url(store.url)
         policies = PolicySet.load(None)
-        for i in range(WARM_UP):
+        for i in range(SERVICES if LIVE else WARM_UP):  # live: every sequence begun
             for side in sides:
-                side.http.post("/v1/analyze", json=body_for(i, "warm", fresh_end()))
+                side.http.post("/v1/analyze", json=ab_body(i, "warm"))
         cpu_before = {side.name: side.cpu() for side in sides}
         floor: list[float] = []
         for i in range(ROUNDS):
             for side in sides if i % 2 == 0 else reversed(sides):
                 began = time.perf_counter()
-                response = side.http.post("/v1/analyze", json=body_for(i, "ab", fresh_end()))
+                response = side.http.post("/v1/analyze", json=ab_body(i, "ab"))
                 side.latencies.append(time.perf_counter() - began)
                 if response.status_code != 200:
                     raise SystemExit(f"{side.name}: {response.status_code} {response.text[:200]}")
