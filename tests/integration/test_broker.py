@@ -37,6 +37,7 @@ from worker.broker import (
 from worker.notify.dead_letter import DeadLetters
 from worker.notify.delivery import DeliveryResult
 from worker.notify.message import Notification
+from worker.queues import priority_for
 from worker.task_names import ANALYZE_TASK, REDELIVER_TASK
 
 ANALYSES, FOLLOWUPS = "ra-analyses", "ra-analyses-followups"
@@ -199,8 +200,13 @@ def test_follow_ups_still_flow_where_an_acl_refuses_client_unblock(redis_flushed
             failed = DeliveryResult("audit", "failed", 3, 500, "server error")
             note = Notification(analysis_id="a" * 32, service="svc", namespace="ns",
                                 rollout="r", revision="1", verdict="fail")  # fmt: skip
+            # With the priority the service gives them (worker/queues.py): the first list is
+            # traffic actions', which a worker at its cap still reads.
+            priority = priority_for(REDELIVER_TASK)
             for entry_id in [letters.push(failed, note) for _ in range(sent)]:
-                celery.send_task(REDELIVER_TASK, args=[entry_id], queue=f"{queue}-followups")
+                celery.send_task(
+                    REDELIVER_TASK, args=[entry_id], queue=f"{queue}-followups", priority=priority
+                )
 
             wait_for(lambda: len(chat.accepted("generic")) == sent and not kv.hlen("unacked"),
                      20, "every follow-up delivered and acked")  # fmt: skip
